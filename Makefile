@@ -1,0 +1,33 @@
+# Two commands on a fresh machine: `make tables` and `make test`.
+# Both create .venv and install the project once (a second call reinstalls nothing).
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+CORES ?= all
+export PATH := $(abspath $(BIN)):$(PATH)
+
+.PHONY: venv test tables figures bench lint clean-results
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+tables: $(STAMP)
+	$(BIN)/snakemake --cores $(CORES) tables
+
+figures: $(STAMP)
+	$(BIN)/snakemake --cores $(CORES) figures
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks
+
+lint: $(STAMP)
+	$(BIN)/ruff check svitt tests benchmarks
+	$(BIN)/ruff format --check svitt tests benchmarks

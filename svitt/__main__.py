@@ -1,0 +1,5 @@
+import sys
+
+from svitt.cli import main
+
+sys.exit(main())

@@ -1,0 +1,58 @@
+"""`svitt <command> ...`: the one entry point every Snakemake rule calls.
+
+Each command lives in the module that implements it; that module defines
+`add_arguments(parser, command)` and `run(args) -> int`. Only the chosen command's module is
+imported, so `svitt --help` is instant and a broken optional stage cannot break the others.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "synthetic": ("svitt.data.synthetic", "generate the embedded synthetic temporal benchmark"),
+    "validate-data": ("svitt.data.validate", "scan a dataset's videos and write a report"),
+    "pretrain": ("svitt.engine.pretrain", "pre-train with VTC + VTM + MLM"),
+    "eval-retrieval": ("svitt.engine.retrieval", "zero-shot text-to-video retrieval"),
+    "finetune-retrieval": ("svitt.engine.retrieval", "fine-tune, then evaluate retrieval"),
+    "finetune-qa": ("svitt.engine.qa", "fine-tune the answer decoder, then evaluate QA"),
+    "eval-qa": ("svitt.engine.qa", "evaluate video QA by ranking the answer list"),
+    "table": ("svitt.report.tables", "write one of the supplement's tables from metrics files"),
+    "figure": ("svitt.report.figures", "draw one of the supplement's figures"),
+}
+
+
+def _usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = [f"  {name:<{width}}  {text}" for name, (_, text) in COMMANDS.items()]
+    return "usage: svitt <command> [options]\n\ncommands:\n" + "\n".join(lines) + (
+        "\n\n`svitt <command> --help` lists the options of a command."
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"svitt: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module_name, text = COMMANDS[command]
+    module = importlib.import_module(module_name)
+    parser = argparse.ArgumentParser(prog=f"svitt {command}", description=text)
+    module.add_arguments(parser, command)
+    args = parser.parse_args(rest)
+    args.command = command
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    return int(module.run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
