@@ -81,7 +81,11 @@ class TextConfig:
     heads: int = 12
     mlp_dim: int = 3072
     max_positions: int = 512
+    # Special token ids; the engine sets them (and vocab_size) from the run's tokenizer.
     pad_token_id: int = 0
+    cls_token_id: int = 101
+    sep_token_id: int = 102
+    mask_token_id: int = 103
 
     def __post_init__(self) -> None:
         _check(0 <= self.cross_depth <= self.depth, "cross_depth",
