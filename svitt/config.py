@@ -111,6 +111,7 @@ class SparsityConfig:
     token_order: TokenOrder = "raster"
     cross_keep_rate: float = 1.0  # q_m
     cross_drop_layers: tuple[int, ...] = (1,)  # multimodal layer indices (0-indexed)
+    pattern_seed: int = 0  # random blocks / random keep at evaluation: fixed by this seed
 
     def __post_init__(self) -> None:
         _check(self.block_size >= 1, "block_size", "an integer >= 1", self.block_size)
