@@ -28,8 +28,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
 def _usage() -> str:
     width = max(map(len, COMMANDS))
     lines = [f"  {name:<{width}}  {text}" for name, (_, text) in COMMANDS.items()]
-    return "usage: svitt <command> [options]\n\ncommands:\n" + "\n".join(lines) + (
-        "\n\n`svitt <command> --help` lists the options of a command."
+    return (
+        "usage: svitt <command> [options]\n\ncommands:\n"
+        + "\n".join(lines)
+        + ("\n\n`svitt <command> --help` lists the options of a command.")
     )
 
 

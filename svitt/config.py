@@ -19,7 +19,6 @@ from typing import Any, Literal, TypeVar
 
 import yaml
 
-
 T = TypeVar("T")
 
 
@@ -53,11 +52,14 @@ class VisionConfig:
     drop_path: float = 0.0
 
     def __post_init__(self) -> None:
-        _check(self.image_size % self.patch_size == 0, "image_size",
-               f"a multiple of patch_size={self.patch_size}", self.image_size)
+        _check(
+            self.image_size % self.patch_size == 0,
+            "image_size",
+            f"a multiple of patch_size={self.patch_size}",
+            self.image_size,
+        )
         _check(self.num_frames >= 1, "num_frames", "an integer >= 1", self.num_frames)
-        _check(self.dim % self.heads == 0, "dim", f"a multiple of heads={self.heads}",
-               self.dim)
+        _check(self.dim % self.heads == 0, "dim", f"a multiple of heads={self.heads}", self.dim)
 
     @property
     def grid(self) -> tuple[int, int, int]:
@@ -88,10 +90,13 @@ class TextConfig:
     mask_token_id: int = 103
 
     def __post_init__(self) -> None:
-        _check(0 <= self.cross_depth <= self.depth, "cross_depth",
-               f"an integer in [0, depth={self.depth}]", self.cross_depth)
-        _check(self.dim % self.heads == 0, "dim", f"a multiple of heads={self.heads}",
-               self.dim)
+        _check(
+            0 <= self.cross_depth <= self.depth,
+            "cross_depth",
+            f"an integer in [0, depth={self.depth}]",
+            self.cross_depth,
+        )
+        _check(self.dim % self.heads == 0, "dim", f"a multiple of heads={self.heads}", self.dim)
 
 
 TokenOrder = Literal["raster", "morton", "hilbert"]
@@ -115,10 +120,13 @@ class SparsityConfig:
 
     def __post_init__(self) -> None:
         _check(self.block_size >= 1, "block_size", "an integer >= 1", self.block_size)
-        _check(self.local_blocks >= 1 and self.local_blocks % 2 == 1, "local_blocks",
-               "an odd integer >= 1 (a centred window)", self.local_blocks)
-        _check(self.random_blocks >= 0, "random_blocks", "an integer >= 0",
-               self.random_blocks)
+        _check(
+            self.local_blocks >= 1 and self.local_blocks % 2 == 1,
+            "local_blocks",
+            "an odd integer >= 1 (a centred window)",
+            self.local_blocks,
+        )
+        _check(self.random_blocks >= 0, "random_blocks", "an integer >= 0", self.random_blocks)
         _check_rate("visual_keep_rate", self.visual_keep_rate)
         _check_rate("cross_keep_rate", self.cross_keep_rate)
 
@@ -131,12 +139,19 @@ class SparsityConfig:
         if self.attention != "sparse":
             return
         n = self.num_blocks(num_tokens)
-        _check(self.local_blocks <= n, "sparsity.local_blocks",
-               f"at most the {n} blocks of {num_tokens} tokens with block_size "
-               f"{self.block_size}", self.local_blocks)
-        _check(self.local_blocks + self.random_blocks <= n, "sparsity.random_blocks",
-               f"at most {n - self.local_blocks} (the {n} blocks minus the "
-               f"{self.local_blocks} local ones)", self.random_blocks)
+        _check(
+            self.local_blocks <= n,
+            "sparsity.local_blocks",
+            f"at most the {n} blocks of {num_tokens} tokens with block_size {self.block_size}",
+            self.local_blocks,
+        )
+        _check(
+            self.local_blocks + self.random_blocks <= n,
+            "sparsity.random_blocks",
+            f"at most {n - self.local_blocks} (the {n} blocks minus the "
+            f"{self.local_blocks} local ones)",
+            self.random_blocks,
+        )
 
 
 @dataclass(frozen=True)
@@ -167,10 +182,18 @@ class ModelConfig:
         allowed = {"vtc", "vtm", "mlm"}
         for key in self.loss_weights:
             _check(key in allowed, f"loss_weights.{key}", f"one of {sorted(allowed)}", key)
-        _check(0.0 < self.mlm_probability < 1.0, "mlm_probability", "a value in (0, 1)",
-               self.mlm_probability)
-        _check(0.001 <= self.temperature <= 0.5, "temperature", "a value in [0.001, 0.5]",
-               self.temperature)
+        _check(
+            0.0 < self.mlm_probability < 1.0,
+            "mlm_probability",
+            "a value in (0, 1)",
+            self.mlm_probability,
+        )
+        _check(
+            0.001 <= self.temperature <= 0.5,
+            "temperature",
+            "a value in [0.001, 0.5]",
+            self.temperature,
+        )
         self.sparsity.check_fits(self.vision.num_patches)
 
 
@@ -267,13 +290,16 @@ def _build(tp: Any, value: Any, key: str) -> Any:
         if len(args) == 2 and args[1] is Ellipsis:
             return tuple(_build(args[0], v, f"{key}[{i}]") for i, v in enumerate(value))
         _check(len(value) == len(args), key, f"a list of {len(args)} values", value)
-        return tuple(_build(a, v, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+        return tuple(
+            _build(a, v, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value, strict=True))
+        )
     if origin is dict:
         _check(isinstance(value, Mapping), key, "a mapping", value)
         return {str(k): _build(args[1], v, f"{key}.{k}") for k, v in value.items()}
     if tp is float:
-        _check(isinstance(value, int | float) and not isinstance(value, bool), key, "a number",
-               value)
+        _check(
+            isinstance(value, int | float) and not isinstance(value, bool), key, "a number", value
+        )
         return float(value)
     if tp is int:
         _check(isinstance(value, int) and not isinstance(value, bool), key, "an integer", value)
