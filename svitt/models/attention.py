@@ -94,7 +94,7 @@ def sparse_attention(
     `key_blocks` ([num_blocks, K], from `block_pattern`) is shared by the batch and the heads.
     Returns the output [B, H, 1 + n, d] and [CLS]'s attention over all keys [B, H, 1 + n].
     """
-    batch, heads, length, dim = q.shape
+    heads, length = q.shape[1], q.shape[2]
     n = length - 1
     num_blocks = key_blocks.shape[0]
     if num_blocks != -(-n // block_size):

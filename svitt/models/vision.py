@@ -236,7 +236,8 @@ class VisionTransformer(nn.Module):
         expected = (cfg.num_frames, 3, cfg.image_size, cfg.image_size)
         if video.ndim != 5 or tuple(video.shape[1:]) != expected:
             raise ValueError(
-                f"VisionTransformer: video must be [B, T, 3, H, W] = [B, {', '.join(map(str, expected))}] "
+                f"VisionTransformer: video must be [B, T, 3, H, W] = "
+                f"[B, {', '.join(map(str, expected))}] "
                 f"(vision.num_frames={cfg.num_frames}, vision.image_size={cfg.image_size}); "
                 f"got {list(video.shape)}"
             )
