@@ -189,7 +189,7 @@ class VisionTransformer(nn.Module):
     def __init__(self, cfg: VisionConfig, sparsity: SparsityConfig) -> None:
         super().__init__()
         for layer in sparsity.visual_drop_layers:
-            if not 0 <= layer < cfg.depth:
+            if sparsity.visual_keep_rate < 1.0 and not 0 <= layer < cfg.depth:
                 raise ValueError(
                     f"sparsity.visual_drop_layers: got {layer}; allowed: layer indices in "
                     f"[0, {cfg.depth - 1}] (vision.depth={cfg.depth})"
