@@ -97,6 +97,14 @@ class TextConfig:
             self.cross_depth,
         )
         _check(self.dim % self.heads == 0, "dim", f"a multiple of heads={self.heads}", self.dim)
+        for name in ("pad_token_id", "cls_token_id", "sep_token_id", "mask_token_id"):
+            value = getattr(self, name)
+            _check(
+                0 <= value < self.vocab_size,
+                name,
+                f"a token id in [0, vocab_size={self.vocab_size})",
+                value,
+            )
 
 
 TokenOrder = Literal["raster", "morton", "hilbert"]
