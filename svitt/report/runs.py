@@ -1,0 +1,332 @@
+"""The runs of the experiment DAG: their ids, paths, initialisation chain and resolved configs.
+
+A run is a path under `results/<profile>/runs/`:
+
+    pretrain/<variant>/T<frames>
+    zero-shot/<variant>/T<frames>/<dataset>/<probe>
+    finetune-retrieval/<variant>/T<frames>/<dataset>[/<probe>]
+    finetune-qa/<variant>/T<frames>/<dataset>[/<probe>]
+    tokens/<variant>/T<frames>/<dataset>
+
+`<variant>` is `<arch>-<sparsity>[-<order>]` (`singularity` alone: frame-level, no sparsity);
+`<probe>` is `normal`, `shuffle`, `reverse` or `keep<q_v>`. The Snakefile and the report code
+both derive paths from here, so a table always reads exactly the runs the DAG produced.
+A run's config is the profile's `run` section, then its architecture's settings, then the
+stage's `settings`, `by_frames` and `by_dataset`, then the sparsity row, then the run's own
+keys (frames, dataset, probe), each merged over the previous.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import reduce
+from pathlib import Path
+from typing import Any
+
+from svitt.config import load_config, merge
+from svitt.report.specs import SparsityRow, SpecError, load_sparsity_table, load_spec
+
+ARCHS = ("svitt", "frozen", "singularity")
+FRAME_LEVEL_ARCHS = ("singularity",)  # encode frames separately: no space-time sparsity
+ORDERS = ("raster", "morton", "hilbert")
+TASKS = ("pretrain", "zero-shot", "finetune-retrieval", "finetune-qa", "tokens")
+# The paper's G counts tokens of 14x14-patch frames; smaller frames scale G so that a block
+# still covers the same fraction of a frame.
+PAPER_FRAME_TOKENS = 196
+_PROBE = re.compile(r"^(normal|shuffle|reverse|keep(0(\.[0-9]+)?|1(\.0+)?))$")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A model variant: architecture, sparsity row (None for frame-level) and token order."""
+
+    arch: str
+    sparsity: str | None = None
+    order: str = "raster"
+
+    def __post_init__(self) -> None:
+        if self.arch not in ARCHS:
+            raise SpecError(f"variant: unknown arch {self.arch!r}; allowed: {list(ARCHS)}")
+        if self.order not in ORDERS:
+            raise SpecError(f"variant: unknown token order {self.order!r}; allowed: {list(ORDERS)}")
+        frame_level = self.arch in FRAME_LEVEL_ARCHS
+        if frame_level != (self.sparsity is None):
+            raise SpecError(
+                f"variant {self.arch!r}: "
+                + ("a frame-level model takes no sparsity" if frame_level else "needs a sparsity row")
+            )
+
+    def __str__(self) -> str:
+        parts = [self.arch] + ([self.sparsity] if self.sparsity else [])
+        return "-".join(parts + ([self.order] if self.order != "raster" else []))
+
+    @classmethod
+    def parse(cls, text: str) -> Variant:
+        arch, *rest = text.split("-")
+        if arch in FRAME_LEVEL_ARCHS:
+            return cls(arch, None, *rest)
+        if not rest or len(rest) > 2:
+            raise SpecError(f"variant {text!r}: expected <arch>-<sparsity>[-<order>]")
+        return cls(arch, *rest)
+
+
+@dataclass(frozen=True)
+class Run:
+    task: str
+    variant: Variant
+    frames: int
+    dataset: str | None = None
+    probe: str | None = None  # an evaluation of the trained run with these overrides
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise SpecError(f"run: unknown task {self.task!r}; allowed: {list(TASKS)}")
+        if (self.task == "pretrain") != (self.dataset is None):
+            raise SpecError(f"run {self.task}: a dataset is required except for pre-training")
+        if self.probe is not None and not _PROBE.match(self.probe):
+            raise SpecError(f"run: bad probe {self.probe!r}; allowed: normal, shuffle, reverse, keep<q>")
+        if self.task == "zero-shot" and self.probe is None:
+            raise SpecError("run zero-shot: a probe is required (normal for the plain evaluation)")
+        if self.task in ("pretrain", "tokens") and self.probe is not None:
+            raise SpecError(f"run {self.task}: takes no probe")
+
+    @property
+    def path(self) -> str:
+        parts = [self.task, str(self.variant), f"T{self.frames}", self.dataset, self.probe]
+        return "/".join(p for p in parts if p is not None)
+
+    @classmethod
+    def from_path(cls, path: str) -> Run:
+        parts = path.strip("/").split("/")
+        if len(parts) < 3 or not re.fullmatch(r"T[0-9]+", parts[2]):
+            raise SpecError(f"run path {path!r}: expected <task>/<variant>/T<frames>[/...]")
+        task, variant, frames, *rest = parts
+        if len(rest) > 2:
+            raise SpecError(f"run path {path!r}: too many components")
+        return cls(task, Variant.parse(variant), int(frames[1:]), *rest)
+
+    @property
+    def trained(self) -> Run:
+        """The run whose training this one evaluates (itself for training runs)."""
+        if self.task in ("zero-shot", "tokens"):
+            return Run("pretrain", self.variant, self.frames)
+        if self.probe is not None:
+            return Run(self.task, self.variant, self.frames, self.dataset)
+        return self
+
+    @property
+    def command(self) -> str:
+        """The `svitt` sub-command that produces this run's metrics."""
+        if self.task == "pretrain":
+            return "pretrain"
+        qa = self.task == "finetune-qa"
+        if self.probe is not None or self.task == "zero-shot":
+            return "eval-qa" if qa else "eval-retrieval"
+        return self.task
+
+    @property
+    def stage(self) -> str:
+        """The profile section holding this run's settings."""
+        if self.task == "pretrain":
+            return "pretrain"
+        return "qa" if self.task == "finetune-qa" else "retrieval"
+
+
+class Profile:
+    """A validated workflow config (one experiment profile) and its sparsity rows."""
+
+    def __init__(self, config: Mapping[str, Any]) -> None:
+        self.config = config
+        self.name: str = config["profile"]
+        self.sparsity: dict[str, SparsityRow] = {
+            row.name: row for row in load_sparsity_table(config["sparsity_table"])
+        }
+        self.ablations = Path(config["ablations"])
+
+    @property
+    def results(self) -> str:
+        return f"results/{self.name}"
+
+    @property
+    def runs_dir(self) -> str:
+        return f"{self.results}/runs"
+
+    def run_dir(self, run: Run) -> str:
+        return f"{self.runs_dir}/{run.path}"
+
+    def metrics(self, run: Run) -> str:
+        return f"{self.run_dir(run)}/metrics.json"
+
+    def checkpoint(self, run: Run) -> str:
+        return f"{self.run_dir(run.trained)}/checkpoint.pt"
+
+    @property
+    def chain(self) -> list[int]:
+        return list(self.config["pretrain"]["frames"])
+
+    def loads(self, run: Run) -> Run | None:
+        """The run whose checkpoint `run` starts from: the trained run for an evaluation, the
+        pre-trained model for fine-tuning, the previous clip length of the chain for
+        pre-training (None at the chain's start: image weights or scratch)."""
+        if run.trained != run:
+            return run.trained
+        if run.task != "pretrain":
+            return Run("pretrain", run.variant, run.frames)
+        chain = self.chain
+        if run.frames in chain and chain.index(run.frames) > 0:
+            return Run("pretrain", run.variant, chain[chain.index(run.frames) - 1])
+        return None
+
+    def variants(self, row: Mapping[str, Any]) -> list[Variant]:
+        """Variants of a spec row; `sparsity: each` expands over every sparsity row."""
+        arch = row["arch"]
+        order = row.get("order", "raster")
+        if arch in FRAME_LEVEL_ARCHS:
+            return [Variant(arch, None, order)]
+        names = list(self.sparsity) if row.get("sparsity") == "each" else [row["sparsity"]]
+        for name in names:
+            if name not in self.sparsity:
+                raise SpecError(
+                    f"spec row {dict(row)}: sparsity {name!r} is not a row of "
+                    f"{self.config['sparsity_table']} ({', '.join(self.sparsity)})"
+                )
+        return [Variant(arch, name, order) for name in names]
+
+    def resolve(self, run: Run) -> dict[str, Any]:
+        """The run's full RunConfig as plain data, checked by `load_config` (errors name the key)."""
+        cfg = self.config
+        stage = cfg[run.stage]
+        frames_key = f"T{run.frames}"
+        layers: list[Mapping[str, Any]] = [
+            cfg["run"],
+            cfg["archs"][run.variant.arch],
+            stage.get("settings", {}),
+            stage.get("by_frames", {}).get(frames_key, {}),
+        ]
+        if run.dataset is not None:
+            layers.append(stage.get("by_dataset", {}).get(run.dataset, {}))
+        merged = reduce(merge, layers, {})
+        merged = merge(merged, self._sparsity_settings(run, merged))
+        merged = merge(merged, self._run_settings(run))
+        try:
+            load_config(merged)
+        except ValueError as err:
+            raise SpecError(f"profile {self.name!r}, run {run.path}: {err}") from None
+        return merged
+
+    def _sparsity_settings(self, run: Run, merged: Mapping[str, Any]) -> dict[str, Any]:
+        if run.variant.sparsity is None:
+            return {}
+        row = self.sparsity[run.variant.sparsity]
+        vision = merged.get("model", {}).get("vision", {})
+        side = vision.get("image_size", 224) // vision.get("patch_size", 16)
+        block_size = max(1, round(row.block_size * side * side / PAPER_FRAME_TOKENS))
+        return {
+            "model": {
+                "sparsity": {
+                    "attention": row.attention,
+                    "block_size": block_size,
+                    "local_blocks": row.local_blocks,
+                    "random_blocks": row.random_blocks,
+                    "visual_keep_rate": row.visual_keep_rate(run.frames),
+                    "cross_keep_rate": row.cross_keep_qa if run.stage == "qa" else row.cross_keep,
+                    "token_order": run.variant.order,
+                }
+            }
+        }
+
+    def _run_settings(self, run: Run) -> dict[str, Any]:
+        data_cfg = self.config["data"]
+        data: dict[str, Any] = {"root": data_cfg["root"], "tokenizer": data_cfg["tokenizer"]}
+        if run.task == "pretrain":
+            data["train"] = list(self.config["pretrain"]["datasets"])
+        else:
+            data["dataset"] = run.dataset
+        out: dict[str, Any] = {
+            "model": {"vision": {"num_frames": run.frames}},
+            "data": data,
+            "eval": _probe_settings(run.probe),
+            "tags": {
+                "profile": self.name,
+                "run": run.path,
+                "task": run.task,
+                "variant": str(run.variant),
+                "frames": str(run.frames),
+            },
+        }
+        if self.loads(run) is not None:
+            # Weights come from the checkpoint; image/text weights only seed a chain's start.
+            out["model"]["weights"] = {"vision": None, "text": None}
+        return out
+
+
+def _probe_settings(probe: str | None) -> dict[str, Any]:
+    if probe in (None, "normal"):
+        return {}
+    if probe.startswith("keep"):
+        return {"visual_keep_rate": float(probe[len("keep") :])}
+    return {"frame_order": probe}
+
+
+def probe_name(keep_rate: float) -> str:
+    """The probe id of an evaluation at visual keep rate `keep_rate` (Figure A1)."""
+    return f"keep{keep_rate:g}"
+
+
+@dataclass(frozen=True)
+class TableRow:
+    """One of this profile's rows of a table: its spec row, variant and the runs per column."""
+
+    spec: Mapping[str, Any]
+    variant: Variant
+    frames: int
+    runs: dict[tuple[str, str], Run]  # (dataset, column kind) -> run
+
+
+def table_rows(profile: Profile, spec: Mapping[str, Any]) -> list[TableRow]:
+    """This profile's rows of a results table spec (layouts `retrieval` and `probe`)."""
+    layout = spec["layout"]
+    out = []
+    for row in spec["rows"]:
+        for variant in profile.variants(row):
+            frames = int(row["frames"])
+            runs: dict[tuple[str, str], Run] = {}
+            if layout == "retrieval":
+                probe = "normal" if spec["task"] == "zero-shot" else None
+                for dataset in row.get("datasets", spec["datasets"]):
+                    runs[(dataset, "metrics")] = Run(spec["task"], variant, frames, dataset, probe)
+            elif layout == "probe":
+                for column in spec["columns"]:
+                    dataset, task = column["dataset"], column["task"]
+                    runs[(dataset, "N")] = Run(task, variant, frames, dataset)
+                    runs[(dataset, "S")] = Run(task, variant, frames, dataset, spec["probe"])
+            else:
+                raise SpecError(f"table {spec['table']}: layout {layout!r} has no runs")
+            out.append(TableRow(row, variant, frames, runs))
+    return out
+
+
+def figure_a1_runs(profile: Profile, spec: Mapping[str, Any]) -> list[Run]:
+    """The keep-rate sweep of Figure A1."""
+    variant = Variant(spec["arch"], spec["sparsity"])
+    return [
+        Run(spec["task"], variant, int(frames), dataset, probe_name(float(rate)))
+        for frames in spec["frames"]
+        for dataset in spec["datasets"]
+        for rate in spec["keep_rates"]
+    ]
+
+
+RESULTS_TABLES = ("A3", "A5", "A6", "A7", "A8")
+CONFIG_TABLES = ("A1", "A4")  # from the profile config alone: no data, no runs
+ALL_TABLES = ("A1", "A2", "A3", "A4", "A5", "A6", "A7", "A8")
+
+
+def table_runs(profile: Profile, table: str) -> list[Run]:
+    """Every run whose metrics table `table` reads (none for A1, A2, A4)."""
+    if table not in RESULTS_TABLES:
+        return []
+    rows = table_rows(profile, load_spec(profile.ablations, table))
+    return list(dict.fromkeys(run for row in rows for run in row.runs.values()))

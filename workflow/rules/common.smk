@@ -1,0 +1,128 @@
+# Config validation, run resolution and input functions shared by every rule file.
+import json
+from pathlib import Path
+
+import yaml
+from snakemake.utils import validate
+
+from svitt.report.runs import (
+    ALL_TABLES,
+    CONFIG_TABLES,
+    Profile,
+    Run,
+    Variant,
+    figure_a1_runs,
+    table_runs,
+)
+from svitt.report.specs import load_spec
+
+validate(config, schema="../schemas/config.schema.yaml")
+
+PROFILE = Profile(config)
+RESULTS = PROFILE.results
+RUNS = PROFILE.runs_dir
+DATA = config["data"]
+ABLATIONS = config["ablations"]
+PROFILE_DUMP = f"{RUNS}/profile.yaml"
+DATA_READY = f"{RUNS}/data/ready.json"
+TOKENS_SPEC = load_spec(ABLATIONS, "figure_tokens")
+FIGURE_A1_SPEC = load_spec(ABLATIONS, "figure_A1")
+
+
+wildcard_constraints:
+    variant=r"[A-Za-z0-9_]+(-[A-Za-z0-9_]+)*",
+    frames=r"[0-9]+",
+    dataset=r"[a-z0-9_]+",
+    probe=r"normal|shuffle|reverse|keep[0-9.]+",
+    table=r"A[0-9]+",
+
+
+def all_datasets():
+    names = [*config["pretrain"]["datasets"], *config["retrieval"]["datasets"]]
+    return list(dict.fromkeys(names + config["qa"]["datasets"]))
+
+
+def pretrained_paths():
+    """The tokenizer and every weight file named by the profile."""
+    fragments = [config["run"], *config["archs"].values()]
+    weights = [f.get("model", {}).get("weights", {}) for f in fragments]
+    paths = [w[key] for w in weights for key in ("vision", "text") if w.get(key)]
+    return list(dict.fromkeys([DATA["tokenizer"], *paths]))
+
+
+def run_of(wildcards, task, **fixed):
+    """The Run named by a rule's wildcards."""
+    keys = {k: wildcards.get(k) for k in ("dataset", "probe")}
+    keys.update(fixed)
+    return Run(task, Variant.parse(wildcards.variant), int(wildcards.frames), **keys)
+
+
+def init_checkpoint(task, **fixed):
+    """Input function: the checkpoint a run starts from (none at the start of the chain)."""
+
+    def checkpoint(wildcards):
+        source = PROFILE.loads(run_of(wildcards, task, **fixed))
+        return [] if source is None else PROFILE.checkpoint(source)
+
+    return checkpoint
+
+
+def init_flag(wildcards, input):
+    return f"--init-from {input.init}" if input.get("init") else ""
+
+
+def launcher(wildcards, threads, resources):
+    """The command prefix of training/evaluation jobs (the SLURM profile sets torchrun)."""
+    return config["launcher"].format(threads=threads, resources=resources)
+
+
+def table_files():
+    return [f"{RESULTS}/tables/{t}.{ext}" for t in ALL_TABLES for ext in ("csv", "md", "tex")]
+
+
+def figure_files():
+    return [f"{RESULTS}/figures/{name}.png" for name in ["A1", *TOKENS_SPEC["figures"]]]
+
+
+def table_metrics(wildcards):
+    return [PROFILE.metrics(run) for run in table_runs(PROFILE, wildcards.table)]
+
+
+def figure_a1_metrics(wildcards):
+    return [PROFILE.metrics(run) for run in figure_a1_runs(PROFILE, FIGURE_A1_SPEC)]
+
+
+def extra_runs():
+    """Runs of `all` beyond the tables: the end of every chain and QA on every dataset."""
+    runs = [Run("pretrain", Variant("svitt", s), t) for s in PROFILE.sparsity for t in PROFILE.chain]
+    qa_frames = [int(key[1:]) for key in config["qa"]["by_frames"]]
+    runs += [
+        Run("finetune-qa", Variant("svitt", s), t, d)
+        for s in PROFILE.sparsity
+        for t in qa_frames
+        for d in config["qa"]["datasets"]
+    ]
+    return runs
+
+
+def write_atomic(path, text):
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+localrules:
+    run_config,
+
+
+rule run_config:
+    """The resolved RunConfig of one run (the profile's layers merged; see svitt.report.runs)."""
+    output:
+        f"{RUNS}/{{run}}/config.yaml",
+    wildcard_constraints:
+        run=r"(pretrain|zero-shot|finetune-retrieval|finetune-qa|tokens)/[^/]+/T[0-9]+(/[^/]+){0,2}",
+    params:
+        resolved=lambda wildcards: PROFILE.resolve(Run.from_path(wildcards.run)),
+    run:
+        write_atomic(output[0], yaml.safe_dump(params.resolved, sort_keys=False))

@@ -1,0 +1,85 @@
+# Data and pretrained weights: generate (synthetic) or check (files) every dataset, then one
+# `ready` marker that every training job waits for, so a missing dataset or weight file stops
+# the run before any training. The config-only tables (A1, A4) do not depend on these rules.
+
+
+localrules:
+    profile_config,
+    check_pretrained,
+    data_ready,
+
+
+rule profile_config:
+    """The workflow config as run (config files and --config overrides), for the report code."""
+    output:
+        PROFILE_DUMP,
+    params:
+        config=dict(config),
+    run:
+        write_atomic(output[0], yaml.safe_dump(params.config, sort_keys=False))
+
+
+if DATA["source"] == "synthetic":
+
+    rule synthetic_data:
+        """The embedded synthetic benchmark: real mp4 files + Singularity-format JSON + tokenizer."""
+        output:
+            annotations=[f"{DATA['root']}/{name}/annotations/train.json" for name in all_datasets()],
+            tokenizer=directory(DATA["tokenizer"]),
+        params:
+            root=DATA["root"],
+            size=DATA.get("synthetic_size", "default"),
+            seed=DATA.get("seed", 0),
+        log:
+            f"{RUNS}/data/synthetic.log",
+        threads: workflow.cores
+        shell:
+            "svitt synthetic --out {params.root} --size {params.size} --seed {params.seed}"
+            " > {log} 2>&1"
+
+
+rule validate_data:
+    """Decode every video of a dataset and check its annotations; fails naming a missing path."""
+    input:
+        generated=(
+            [f"{DATA['root']}/{{dataset}}/annotations/train.json"]
+            if DATA["source"] == "synthetic"
+            else []
+        ),
+    output:
+        f"{RUNS}/data/{{dataset}}.json",
+    params:
+        root=DATA["root"],
+    log:
+        f"{RUNS}/data/{{dataset}}.log",
+    shell:
+        "svitt validate-data --root {params.root} --dataset {wildcards.dataset} --out {output}"
+        " > {log} 2>&1"
+
+
+rule check_pretrained:
+    """Every tokenizer and weight path of the profile must exist (nothing is downloaded)."""
+    input:
+        generated=[DATA["tokenizer"]] if DATA["source"] == "synthetic" else [],
+    output:
+        f"{RUNS}/data/pretrained.json",
+    params:
+        paths=pretrained_paths(),
+    run:
+        missing = [p for p in params.paths if not Path(p).exists()]
+        if missing:
+            raise FileNotFoundError(
+                "pretrained weights / tokenizer not found: " + ", ".join(missing)
+                + " (set the paths in the profile config; nothing is downloaded)"
+            )
+        write_atomic(output[0], json.dumps({"checked": list(params.paths)}, indent=2))
+
+
+rule data_ready:
+    input:
+        reports=[f"{RUNS}/data/{name}.json" for name in all_datasets()],
+        pretrained=rules.check_pretrained.output,
+    output:
+        DATA_READY,
+    run:
+        write_atomic(output[0], json.dumps({"reports": list(input.reports)}, indent=2))

@@ -1,0 +1,85 @@
+# Tables A1-A8 and Figures A1-A3 from the runs' metrics.json files and the study specs.
+# A1 and A4 read the profile config alone, so they need neither data nor runs.
+
+
+def table_inputs(wildcards):
+    inputs = {
+        "profile": PROFILE_DUMP,
+        "spec": f"{ABLATIONS}/{wildcards.table}.yaml",
+        "sparsity": config["sparsity_table"],
+        "metrics": table_metrics(wildcards),
+    }
+    if wildcards.table == "A2":
+        inputs["datasets"] = f"{ABLATIONS}/datasets.tsv"
+        inputs["data"] = DATA_READY
+    return inputs
+
+
+rule table:
+    input:
+        unpack(table_inputs),
+    output:
+        csv=report(
+            f"{RESULTS}/tables/{{table}}.csv",
+            caption="../report/table.rst",
+            category="Tables",
+            labels={"table": "{table}"},
+        ),
+        markdown=f"{RESULTS}/tables/{{table}}.md",
+        latex=f"{RESULTS}/tables/{{table}}.tex",
+    params:
+        out=f"{RESULTS}/tables",
+    log:
+        f"{RUNS}/logs/table-{{table}}.log",
+    shell:
+        "svitt table {wildcards.table} --profile {input.profile} --out-dir {params.out}"
+        " > {log} 2>&1"
+
+
+rule figure_keep_rate:
+    input:
+        profile=PROFILE_DUMP,
+        spec=f"{ABLATIONS}/figure_A1.yaml",
+        metrics=figure_a1_metrics,
+    output:
+        report(
+            f"{RESULTS}/figures/A1.png",
+            caption="../report/figure_A1.rst",
+            category="Figures",
+            labels={"figure": "A1"},
+        ),
+    log:
+        f"{RUNS}/logs/figure-A1.log",
+    shell:
+        "svitt figure keep-rate --profile {input.profile} --out {output} > {log} 2>&1"
+
+
+def tokens_run(wildcards):
+    model = TOKENS_SPEC["model"]
+    variant = Variant(model["arch"], model["sparsity"])
+    dataset = TOKENS_SPEC["figures"][wildcards.figure]["dataset"]
+    return Run("tokens", variant, int(model["frames"]), dataset)
+
+
+rule figure_tokens:
+    input:
+        config=lambda wildcards: f"{PROFILE.run_dir(tokens_run(wildcards))}/config.yaml",
+        checkpoint=lambda wildcards: PROFILE.checkpoint(tokens_run(wildcards)),
+        data=DATA_READY,
+    output:
+        report(
+            f"{RESULTS}/figures/{{figure}}.png",
+            caption="../report/figure_tokens.rst",
+            category="Figures",
+            labels={"figure": "{figure}"},
+        ),
+    wildcard_constraints:
+        figure="|".join(TOKENS_SPEC["figures"]),
+    params:
+        clips=lambda wildcards: " ".join(map(str, TOKENS_SPEC["figures"][wildcards.figure]["clips"])),
+    log:
+        f"{RUNS}/logs/figure-{{figure}}.log",
+    threads: 1
+    shell:
+        "svitt figure tokens --checkpoint {input.checkpoint} --config {input.config}"
+        " --clips {params.clips} --out {output} > {log} 2>&1"
