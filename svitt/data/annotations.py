@@ -1,0 +1,243 @@
+"""Singularity/SViTT annotation files and the dataset registry.
+
+One on-disk layout serves real and synthetic data alike:
+
+    <root>/<name>/videos/<video file>            (the "video" field is relative to this folder)
+    <root>/<name>/annotations/<split>.json       (split: train | test)
+    <root>/<name>/annotations/answer_list.json   (QA datasets only: a JSON list of strings)
+
+Record shapes (JSON lists of objects; extra keys are ignored):
+    text-video (pre-training, retrieval): {"video": "a.mp4", "caption": "..."}; "caption" may
+        be a list of sentences (DiDeMo: joined into one paragraph), "video" may be a list of
+        videos that all match the caption (SSv2-Label: several positives).
+    QA: {"video": "a.mp4", "question": "...", "answer": "...", "question_id": 7}
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+Task = Literal["pretrain", "retrieval", "qa"]
+Split = Literal["train", "test"]
+
+
+class AnnotationError(ValueError):
+    """An annotation file is malformed; the message names the file, entry index and field."""
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    task: Task
+    splits: tuple[Split, ...]
+    description: str
+
+    @property
+    def has_answer_list(self) -> bool:
+        return self.task == "qa"
+
+
+REGISTRY: dict[str, DatasetSpec] = {
+    spec.name: spec
+    for spec in (
+        DatasetSpec("webvid", "pretrain", ("train",), "WebVid-2M video-caption pairs"),
+        DatasetSpec("msrvtt", "retrieval", ("train", "test"), "MSR-VTT (zero-shot: test)"),
+        DatasetSpec("didemo", "retrieval", ("train", "test"), "DiDeMo paragraph retrieval"),
+        DatasetSpec("charades", "retrieval", ("train", "test"), "Charades captions"),
+        DatasetSpec("ssv2_label", "retrieval", ("train", "test"), "SSv2-Label, multi-positive"),
+        DatasetSpec("msrvtt_qa", "qa", ("train", "test"), "MSRVTT-QA"),
+        DatasetSpec("anet_qa", "qa", ("train", "test"), "ActivityNet-QA"),
+        DatasetSpec("agqa", "qa", ("train", "test"), "AGQA 2.0"),
+    )
+}
+
+
+def dataset_spec(name: str) -> DatasetSpec:
+    if name not in REGISTRY:
+        raise KeyError(f"unknown dataset {name!r}; known datasets: {', '.join(REGISTRY)}")
+    return REGISTRY[name]
+
+
+@dataclass(frozen=True)
+class DatasetPaths:
+    """Where one registered dataset lives under a data root."""
+
+    root: Path
+    spec: DatasetSpec
+
+    @property
+    def base(self) -> Path:
+        return self.root / self.spec.name
+
+    @property
+    def video_dir(self) -> Path:
+        return self.base / "videos"
+
+    def annotation(self, split: Split) -> Path:
+        if split not in self.spec.splits:
+            raise KeyError(
+                f"dataset {self.spec.name!r} has no split {split!r}; "
+                f"allowed: {', '.join(self.spec.splits)}"
+            )
+        return self.base / "annotations" / f"{split}.json"
+
+    @property
+    def answer_list(self) -> Path:
+        if not self.spec.has_answer_list:
+            raise KeyError(f"dataset {self.spec.name!r} ({self.spec.task}) has no answer list")
+        return self.base / "annotations" / "answer_list.json"
+
+    def video(self, name: str) -> Path:
+        return self.video_dir / name
+
+
+def dataset_paths(root: str | Path, name: str) -> DatasetPaths:
+    return DatasetPaths(Path(root), dataset_spec(name))
+
+
+@dataclass(frozen=True)
+class TextVideo:
+    """One caption paired with one video (a training pair)."""
+
+    video: str
+    caption: str
+
+
+@dataclass(frozen=True)
+class RetrievalQuery:
+    """One evaluation query: a text and every video it describes."""
+
+    caption: str
+    videos: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class QAItem:
+    video: str
+    question: str
+    answer: str
+    question_id: int
+
+
+def _read_list(path: Path) -> list[Any]:
+    if not path.is_file():
+        raise FileNotFoundError(f"annotation file not found: {path}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise AnnotationError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(data, list):
+        raise AnnotationError(f"{path}: expected a JSON list of entries, got {type(data).__name__}")
+    return data
+
+
+def _field(path: Path, index: int, entry: Any, name: str) -> Any:
+    if not isinstance(entry, dict):
+        raise AnnotationError(f"{path}: entry {index}: expected an object, got {entry!r:.80}")
+    if name not in entry:
+        raise AnnotationError(f"{path}: entry {index}: missing field {name!r}")
+    return entry[name]
+
+
+def _bad(path: Path, index: int, name: str, allowed: str, value: Any) -> AnnotationError:
+    return AnnotationError(
+        f"{path}: entry {index}: field {name!r}: expected {allowed}, got {value!r:.80}"
+    )
+
+
+def _text(path: Path, index: int, entry: Any, name: str) -> str:
+    """A non-empty string, or a non-empty list of them joined into one paragraph."""
+    value = _field(path, index, entry, name)
+    if isinstance(value, list) and value and all(isinstance(v, str) and v.strip() for v in value):
+        return " ".join(v.strip() for v in value)
+    if isinstance(value, str) and value.strip():
+        return value.strip()
+    raise _bad(path, index, name, "a non-empty string or list of strings", value)
+
+
+def _videos(path: Path, index: int, entry: Any) -> tuple[str, ...]:
+    value = _field(path, index, entry, "video")
+    items = value if isinstance(value, list) else [value]
+    if not items or not all(isinstance(v, str) and v for v in items):
+        raise _bad(path, index, "video", "a file name or a non-empty list of file names", value)
+    return tuple(items)
+
+
+def sentence_count(path: Path, index: int, entry: Any, name: str = "caption") -> int:
+    """Sentences in a caption field (a DiDeMo paragraph counts each of its sentences)."""
+    value = _field(path, index, entry, name)
+    return len(value) if isinstance(value, list) else 1
+
+
+def load_text_video(path: str | Path) -> list[TextVideo]:
+    """Training pairs; a multi-video entry becomes one pair per video."""
+    path = Path(path)
+    return [
+        TextVideo(video, caption)
+        for i, entry in enumerate(_read_list(path))
+        for caption in [_text(path, i, entry, "caption")]
+        for video in _videos(path, i, entry)
+    ]
+
+
+def load_retrieval_queries(path: str | Path) -> list[RetrievalQuery]:
+    """Evaluation queries; identical caption texts share their ground truth (the union of
+    their videos), so a repeated caption never counts a correct video as a false match."""
+    path = Path(path)
+    raw = [
+        (_text(path, i, entry, "caption"), _videos(path, i, entry))
+        for i, entry in enumerate(_read_list(path))
+    ]
+    by_text: dict[str, list[str]] = {}
+    for caption, videos in raw:
+        bucket = by_text.setdefault(caption, [])
+        bucket.extend(v for v in videos if v not in bucket)
+    return [RetrievalQuery(caption, tuple(by_text[caption])) for caption, _ in raw]
+
+
+def load_qa(path: str | Path) -> list[QAItem]:
+    path = Path(path)
+    items = []
+    for i, entry in enumerate(_read_list(path)):
+        videos = _videos(path, i, entry)
+        if len(videos) != 1:
+            raise _bad(path, i, "video", "a single file name", list(videos))
+        qid = _field(path, i, entry, "question_id")
+        if isinstance(qid, bool) or not isinstance(qid, int | str):
+            raise _bad(path, i, "question_id", "an integer", qid)
+        try:
+            qid = int(qid)
+        except ValueError:
+            raise _bad(path, i, "question_id", "an integer", qid) from None
+        items.append(
+            QAItem(
+                video=videos[0],
+                question=_text(path, i, entry, "question"),
+                answer=_text(path, i, entry, "answer"),
+                question_id=qid,
+            )
+        )
+    return items
+
+
+def load_answer_list(path: str | Path) -> list[str]:
+    path = Path(path)
+    answers = _read_list(path)
+    for i, answer in enumerate(answers):
+        if not isinstance(answer, str) or not answer.strip():
+            raise AnnotationError(
+                f"{path}: entry {i}: expected a non-empty string, got {answer!r:.80}"
+            )
+    if len(set(answers)) != len(answers):
+        dupes = sorted({a for a in answers if answers.count(a) > 1})
+        raise AnnotationError(f"{path}: duplicate answers {dupes[:10]}")
+    return [a.strip() for a in answers]
+
+
+def unique_videos(names: Sequence[str]) -> list[str]:
+    """Video names in order of first appearance; the position is the stable video id."""
+    return list(dict.fromkeys(names))
