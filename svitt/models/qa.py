@@ -1,0 +1,170 @@
+"""Video question answering: the multimodal encoder reads question + video, a BERT decoder
+generates the answer.
+
+The decoder has `ModelConfig.qa_decoder_depth` layers (causal self-attention, cross-attention
+to the question-video states of `f_m`) and is initialised from the last text layers, its
+embeddings and LM head from the text encoder's (tied, as in BERT). Training maximises the answer
+likelihood under teacher forcing. Answering ranks a fixed answer list: the `top_k` answers by
+the probability of their first token, re-ranked by the likelihood of the whole sequence.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from transformers.models.bert.modeling_bert import BertEmbeddings, BertOnlyMLMHead
+
+from svitt.config import ConfigError, ModelConfig
+from svitt.models.singularity import Singularity
+from svitt.models.svitt import SViTT
+from svitt.models.text import (
+    IGNORE_INDEX,
+    additive_mask,
+    bert_config,
+    bert_layer,
+    init_bert_weights,
+    tie_mlm_head,
+)
+
+ENCODERS: dict[str, type[SViTT]] = {"svitt": SViTT, "singularity": Singularity}
+
+
+class VideoQA(nn.Module):
+    """Answer decoder on top of an SViTT or Singularity encoder (no pre-training heads)."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        if cfg.arch not in ENCODERS:
+            raise ConfigError(
+                f"model.arch: got {cfg.arch!r}; video QA needs a multimodal encoder; "
+                f"allowed: {sorted(ENCODERS)}"
+            )
+        if not 1 <= cfg.qa_decoder_depth <= cfg.text.depth:
+            raise ConfigError(
+                f"model.qa_decoder_depth: got {cfg.qa_decoder_depth}; allowed: an integer in "
+                f"[1, text.depth={cfg.text.depth}] (the decoder starts from the last text layers)"
+            )
+        self.cfg = cfg
+        self.encoder = ENCODERS[cfg.arch](cfg, pretraining_heads=False)
+        config = bert_config(cfg.text, cross_attention=True, decoder=True)
+        self.decoder_embeddings = BertEmbeddings(config)
+        self.decoder_layers = nn.ModuleList(
+            bert_layer(config, causal=True) for _ in range(cfg.qa_decoder_depth)
+        )
+        self.lm_head = BertOnlyMLMHead(config)
+        self.lm_head.apply(init_bert_weights)
+        tie_mlm_head(self.lm_head, self.decoder_embeddings)
+        self.init_decoder(self.encoder.text.state_dict())
+
+    def no_weight_decay(self) -> set[str]:
+        return {f"encoder.{name}" for name in self.encoder.no_weight_decay()}
+
+    def init_decoder(self, text_state: dict[str, Tensor]) -> None:
+        """Copy text weights (TextEncoder names) into the decoder.
+
+        Decoder layer i <- text layer `depth - decoder_depth + i` (cross-attention included
+        when that layer has one); embeddings <- text embeddings; LM head <- `mlm_head.*` when
+        present. Weights of other shapes or absent keys keep their initialisation.
+        """
+        first = self.cfg.text.depth - self.cfg.qa_decoder_depth
+        ours = self.state_dict()
+        copied = {}
+        for key, value in text_state.items():
+            group, rest = key.split(".", 1)
+            if group == "layers":
+                index, rest = rest.split(".", 1)
+                group = f"decoder_layers.{int(index) - first}"
+            name = {"embeddings": "decoder_embeddings", "mlm_head": "lm_head"}.get(group, group)
+            name = f"{name}.{rest}"
+            if name in ours and ours[name].shape == value.shape:
+                copied[name] = value
+        self.load_state_dict(copied, strict=False)
+
+    def load_pretrained(self, state: dict[str, Tensor]) -> None:
+        """Start from a pre-trained video-text model's state dict (SViTT/Singularity names):
+        the encoders load it (pre-training heads ignored), the decoder starts from its text
+        layers and MLM head."""
+        missing, _ = self.encoder.load_state_dict(state, strict=False)
+        if missing:
+            raise KeyError(
+                f"pre-trained state dict lacks {len(missing)} encoder weights of arch "
+                f"{self.cfg.arch!r}, e.g. {missing[:3]}"
+            )
+        self.init_decoder(
+            {k.removeprefix("text."): v for k, v in state.items() if k.startswith("text.")}
+        )
+
+    def encode_question(self, video: Tensor, question_ids: Tensor, question_mask: Tensor) -> Tensor:
+        """Question-video states [B, Lq, Dt] of the multimodal encoder."""
+        tokens, positions, _ = self.encoder.forward_video(video)
+        hidden = self.encoder.text.forward_text(question_ids, question_mask)
+        return self.encoder.fuse(tokens, hidden, question_mask, positions).hidden
+
+    def decode(
+        self, answer_ids: Tensor, answer_mask: Tensor, states: Tensor, states_mask: Tensor
+    ) -> Tensor:
+        """Next-token logits [B, La, V] of each answer prefix (causal, teacher forcing)."""
+        hidden = self.decoder_embeddings(input_ids=answer_ids)
+        self_mask = additive_mask(answer_mask, hidden.dtype, causal=True)
+        cross_mask = additive_mask(states_mask, hidden.dtype)
+        for layer in self.decoder_layers:
+            hidden = layer(hidden, self_mask, states, cross_mask)
+        return self.lm_head(hidden)
+
+    def answer_nll(
+        self, answer_ids: Tensor, answer_mask: Tensor, states: Tensor, states_mask: Tensor
+    ) -> Tensor:
+        """Negative log-probability [B, La - 1] of each answer token after [CLS] (0 on pads)."""
+        if not (answer_ids[:, 0] == self.cfg.text.cls_token_id).all():
+            raise ValueError(
+                f"answer_ids must start with [CLS] (text.cls_token_id="
+                f"{self.cfg.text.cls_token_id}), the decoder's start token"
+            )
+        logits = self.decode(answer_ids, answer_mask, states, states_mask)[:, :-1]
+        targets = answer_ids[:, 1:].masked_fill(answer_mask[:, 1:] == 0, IGNORE_INDEX)
+        return F.cross_entropy(
+            logits.transpose(1, 2), targets, ignore_index=IGNORE_INDEX, reduction="none"
+        )
+
+    def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Answer negative log-likelihood, mean over the answer tokens of the batch."""
+        question_mask = batch["question_mask"]
+        states = self.encode_question(batch["video"], batch["question_ids"], question_mask)
+        nll = self.answer_nll(batch["answer_ids"], batch["answer_mask"], states, question_mask)
+        loss = nll.sum() / batch["answer_mask"][:, 1:].sum().clamp(min=1)
+        return {"qa": loss, "loss": loss}
+
+    @torch.no_grad()
+    def rank_answers(
+        self,
+        video: Tensor,
+        question_ids: Tensor,
+        question_mask: Tensor,
+        answer_ids: Tensor,
+        answer_mask: Tensor,
+        top_k: int,
+    ) -> Tensor:
+        """Index [B] into the answer list ([A, La] ids, [CLS] first) of each question's answer.
+
+        The `top_k` answers with the most probable first token are re-ranked by the
+        log-likelihood of the whole answer.
+        """
+        if top_k < 1:
+            raise ValueError(f"rank_answers: top_k must be >= 1 (eval.answer_top_k), got {top_k}")
+        batch, num_answers = len(question_ids), len(answer_ids)
+        states = self.encode_question(video, question_ids, question_mask)
+        start = answer_ids.new_full((batch, 1), self.cfg.text.cls_token_id)
+        first_logits = self.decode(start, torch.ones_like(start), states, question_mask)[:, 0]
+        first_scores = first_logits.log_softmax(dim=-1)[:, answer_ids[:, 1]]  # [B, A]
+        k = min(top_k, num_answers)
+        candidates = first_scores.topk(k, dim=1).indices  # [B, k]
+        flat = candidates.flatten()
+        scores = -self.answer_nll(
+            answer_ids[flat],
+            answer_mask[flat],
+            states.repeat_interleave(k, dim=0),
+            question_mask.repeat_interleave(k, dim=0),
+        ).sum(dim=1)
+        best = scores.view(batch, k).argmax(dim=1, keepdim=True)
+        return candidates.gather(1, best).squeeze(1)
