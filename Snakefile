@@ -6,7 +6,11 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-configfile: "workflow/config/default.yaml"
+# The embedded default unless the command line names a complete profile config (--configfile):
+# Snakemake would otherwise merge that profile over the default's keys (e.g. the tiny model).
+if "profile" not in config:
+
+    configfile: "workflow/config/default.yaml"
 
 
 include: "workflow/rules/common.smk"

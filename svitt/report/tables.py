@@ -1,0 +1,390 @@
+"""`svitt table <A1..A8> --profile PROFILE.yaml --out-dir DIR`: one of the supplement's tables.
+
+Each table is built from its study spec (`ablations/<table>.yaml`), the profile config the
+workflow ran with (`results/<profile>/runs/profile.yaml`) and, for result tables, the runs'
+`metrics.json` files. Rows computed by this profile carry the profile's name in the `source`
+column; the supplement's numbers follow as `reported` rows in the same layout. Written as CSV,
+Markdown and LaTeX, each atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+from tabulate import tabulate
+
+from svitt.config import RunConfig, load_config
+from svitt.report.runs import ALL_TABLES, Profile, Run, TableRow, Variant, table_rows
+from svitt.report.specs import SpecError, load_datasets, load_spec
+from svitt.sparsity import count_edges
+
+REPORTED = "reported"
+RECALL_KEYS = ("r1", "r5", "r10", "mean_recall")
+RECALL_NAMES = ("R1", "R5", "R10", "Mean")
+MISSING = "—"
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    title: str
+    caption: str
+    frame: pd.DataFrame
+    note: str
+
+
+def read_metric(path: str | Path, key: str) -> float:
+    """One number from a run's metrics.json; a missing key names the file and the keys found."""
+    metrics = json.loads(Path(path).read_text())
+    if key not in metrics:
+        raise KeyError(f"{path}: no metric {key!r}; found: {', '.join(sorted(metrics))}")
+    return float(metrics[key])
+
+
+def _round(value: float | None, digits: int = 1) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def _pretrain_label(profile: Profile) -> str:
+    labels = load_datasets(profile.ablations)
+    return "+".join(labels[name].label for name in profile.config["pretrain"]["datasets"])
+
+
+def _row_label(profile: Profile, variant: Variant) -> str:
+    if variant.sparsity is None:
+        return MISSING
+    return profile.sparsity[variant.sparsity].label
+
+
+def _source_note(profile: Profile) -> str:
+    data = profile.config["data"]
+    kind = "synthetic stand-ins" if data["source"] == "synthetic" else "dataset files"
+    return (
+        f"Rows with source `{profile.name}`: computed by this workflow (profile "
+        f"`{profile.name}`, {kind} under `{data['root']}`). Rows with source `{REPORTED}`: "
+        "the supplement's numbers."
+    )
+
+
+# --- A1: sparsity configurations (config only) -------------------------------------------
+
+
+def _blocks(cfg: RunConfig) -> str:
+    sp = cfg.model.sparsity
+    if sp.attention == "dense":
+        return MISSING
+    return f"({sp.local_blocks}, {sp.random_blocks}, {sp.block_size})"
+
+
+def _keep(cfg: RunConfig) -> str:
+    sp = cfg.model.sparsity
+    return f"({sp.visual_keep_rate:g}, {sp.cross_keep_rate:g})"
+
+
+def configurations_table(profile: Profile, spec: Mapping[str, Any]) -> pd.DataFrame:
+    rows = []
+    for name, sparsity in profile.sparsity.items():
+        for frames in profile.chain:
+            cfg = load_config(profile.resolve(Run("pretrain", Variant(spec["arch"], name), frames)))
+            count = count_edges(cfg.model, cfg.data.text_max_len)
+            rows.append(
+                {
+                    "source": profile.name,
+                    "config": sparsity.label,
+                    "frames": frames,
+                    "blocks": _blocks(cfg),
+                    "keep": _keep(cfg),
+                    "edges": count.edges,
+                    "edges_m": f"{count.edges / 1e6:.2f}",
+                    "sparsity": f"{count.sparsity:.2f}",
+                }
+            )
+    rows += [{"source": REPORTED, **row} for row in spec["reported"]]
+    return pd.DataFrame(rows, dtype=object)
+
+
+# --- A2: dataset statistics ---------------------------------------------------------------
+
+
+def datasets_table(profile: Profile, spec: Mapping[str, Any]) -> pd.DataFrame:
+    from svitt.data.stats import dataset_statistics
+
+    labels = load_datasets(profile.ablations)
+    names = list(labels)
+    stats = dataset_statistics(profile.config["data"]["root"], names).set_index("dataset")
+    rows = [
+        {
+            "source": profile.name,
+            "group": labels[name].group,
+            "dataset": labels[name].label,
+            "avg_duration": f"{stats.loc[name, 'avg_duration_s']:.1f}s",
+            "videos": int(stats.loc[name, "num_videos"]),
+            "sentences_or_questions": int(stats.loc[name, "num_texts"]),
+        }
+        for name in names
+    ]
+    rows += [
+        {
+            "source": REPORTED,
+            "group": row.group,
+            "dataset": row.reported_label,
+            "avg_duration": row.reported_avg_duration,
+            "videos": row.reported_videos,
+            "sentences_or_questions": row.reported_texts,
+        }
+        for row in labels.values()
+    ]
+    return pd.DataFrame(rows, dtype=object)
+
+
+# --- A3, A5, A6, A7: retrieval ------------------------------------------------------------
+
+
+def _recall_columns(label: str) -> list[str]:
+    return [f"{label} {name}" for name in RECALL_NAMES]
+
+
+def retrieval_table(profile: Profile, spec: Mapping[str, Any]) -> pd.DataFrame:
+    labels = load_datasets(profile.ablations)
+    datasets = spec["datasets"]
+    rows = []
+    for row in table_rows(profile, spec):
+        out: dict[str, Any] = {
+            "source": profile.name,
+            "method": row.spec["method"],
+            "pt": _pretrain_label(profile),
+            "frames": row.frames,
+            "sparsity": _row_label(profile, row.variant),
+        }
+        for dataset in datasets:
+            run = row.runs.get((dataset, "metrics"))
+            values = (
+                [read_metric(profile.metrics(run), key) for key in RECALL_KEYS]
+                if run is not None
+                else [None] * len(RECALL_KEYS)
+            )
+            out.update(zip(_recall_columns(labels[dataset].label), map(_round, values)))
+        rows.append(out)
+    for reported in spec["reported"]:
+        out = {"source": REPORTED}
+        out.update({k: reported.get(k, "") for k in ("method", "pt", "frames", "sparsity")})
+        for dataset in datasets:
+            values = reported.get(dataset) or [None] * len(RECALL_KEYS)
+            out.update(zip(_recall_columns(labels[dataset].label), values))
+        rows.append(out)
+    return pd.DataFrame(rows, dtype=object)
+
+
+# --- A8: temporal probing -----------------------------------------------------------------
+
+
+def probe_table(profile: Profile, spec: Mapping[str, Any]) -> pd.DataFrame:
+    labels = load_datasets(profile.ablations)
+    rows = []
+    for row in table_rows(profile, spec):
+        out: dict[str, Any] = {
+            "source": profile.name,
+            "method": row.spec["method"],
+            "frames": row.frames,
+            "sparsity": _row_label(profile, row.variant),
+        }
+        out.update(_probe_cells(profile, spec, row, labels))
+        rows.append(out)
+    for reported in spec["reported"]:
+        out = {"source": REPORTED, "method": reported["method"], "frames": "",
+               "sparsity": reported.get("sparsity", "")}
+        for column in spec["columns"]:
+            label = labels[column["dataset"]].label
+            values = reported.get(column["dataset"]) or [None] * 3
+            out.update(zip((f"{label} N", f"{label} S", f"{label} Δ"), values))
+        rows.append(out)
+    return pd.DataFrame(rows, dtype=object)
+
+
+def _probe_cells(
+    profile: Profile, spec: Mapping[str, Any], row: TableRow, labels: Mapping[str, Any]
+) -> dict[str, float]:
+    out = {}
+    for column in spec["columns"]:
+        dataset, metric = column["dataset"], column["metric"]
+        normal = read_metric(profile.metrics(row.runs[(dataset, "N")]), metric)
+        probed = read_metric(profile.metrics(row.runs[(dataset, "S")]), metric)
+        label = labels[dataset].label
+        out[f"{label} N"] = round(normal, 1)
+        out[f"{label} S"] = round(probed, 1)
+        out[f"{label} Δ"] = round(normal - probed, 1)
+    return out
+
+
+# --- A4: training hyperparameters (config only) -------------------------------------------
+
+
+def format_lr(value: float) -> str:
+    """3e-05 -> "3e-5" (the supplement's 3 x 10^-5)."""
+    mantissa, exponent = f"{value:e}".split("e")
+    return f"{float(mantissa):g}e{int(exponent)}"
+
+
+def _with_exceptions(values: Mapping[str, str], labels: Mapping[str, Any]) -> str:
+    """The most common value, then the others as "(64 for DiDeMo)"."""
+    base = Counter(values.values()).most_common(1)[0][0]
+    others: dict[str, list[str]] = {}
+    for dataset, value in values.items():
+        if value != base:
+            others.setdefault(value, []).append(labels[dataset].label)
+    notes = [f"{value} for {', '.join(names)}" for value, names in others.items()]
+    return base + (f" ({'; '.join(notes)})" if notes else "")
+
+
+HYPERPARAMETERS: dict[str, Callable[[RunConfig], str]] = {
+    "Epochs": lambda c: str(c.optim.epochs),
+    "Warm-up": lambda c: f"{c.optim.warmup_epochs:g}",
+    "Batch size": lambda c: str(c.optim.batch_size),
+    "Learning rate": lambda c: format_lr(c.optim.lr),
+    "Weight decay": lambda c: f"{c.optim.weight_decay:g}",
+    "Text length": lambda c: str(c.data.text_max_len),
+    "Attn. blocks (K_l, K_r, G)": _blocks,
+    "Keep rate (q_v, q_m)": _keep,
+}
+
+
+def _qa_text_length(cfg: RunConfig) -> str:
+    return f"{cfg.data.text_max_len} (Q), {cfg.data.answer_max_len} (A)"
+
+
+def _frames(by_frames: Mapping[str, Any]) -> list[int]:
+    return sorted(int(key[1:]) for key in by_frames)
+
+
+def hyperparameters_table(profile: Profile, spec: Mapping[str, Any]) -> pd.DataFrame:
+    labels = load_datasets(profile.ablations)
+    config = profile.config
+    variant = Variant("svitt", spec["sparsity"])
+    columns: dict[str, dict[str, RunConfig]] = {}
+    for frames in profile.chain:
+        run = Run("pretrain", variant, frames)
+        columns[f"Pre-training T={frames}"] = {"": load_config(profile.resolve(run))}
+    for title, task, stage in (
+        ("Retrieval", "finetune-retrieval", "retrieval"),
+        ("Video QA", "finetune-qa", "qa"),
+    ):
+        for frames in _frames(config[stage]["by_frames"]):
+            columns[f"{title} T={frames}"] = {
+                dataset: load_config(profile.resolve(Run(task, variant, frames, dataset)))
+                for dataset in config[stage]["datasets"]
+            }
+    rows = []
+    for name, fmt in HYPERPARAMETERS.items():
+        row: dict[str, Any] = {"source": profile.name, "hyperparameter": name}
+        for column, configs in columns.items():
+            cell_fmt = _qa_text_length if (name, column[:5]) == ("Text length", "Video") else fmt
+            row[column] = _with_exceptions({d: cell_fmt(c) for d, c in configs.items()}, labels)
+        rows.append(row)
+    reported = spec["reported"]
+    for name, values in reported["rows"].items():
+        rows.append(
+            {"source": REPORTED, "hyperparameter": name, **dict(zip(reported["columns"], values))}
+        )
+    return pd.DataFrame(rows, dtype=object)
+
+
+# --- assembly and output ------------------------------------------------------------------
+
+BUILDERS: dict[str, Callable[[Profile, Mapping[str, Any]], pd.DataFrame]] = {
+    "configurations": configurations_table,
+    "datasets": datasets_table,
+    "retrieval": retrieval_table,
+    "probe": probe_table,
+    "hyperparameters": hyperparameters_table,
+}
+
+
+def build_table(profile: Profile, name: str) -> Table:
+    spec = load_spec(profile.ablations, name)
+    layout = spec.get("layout")
+    if layout not in BUILDERS:
+        raise SpecError(f"{profile.ablations}/{name}.yaml: layout {layout!r}; allowed: {list(BUILDERS)}")
+    frame = BUILDERS[layout](profile, spec)
+    return Table(name, spec["title"], spec.get("caption", ""), frame, _source_note(profile))
+
+
+def _cell(value: Any) -> Any:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return value
+
+
+def _plain(frame: pd.DataFrame) -> list[list[Any]]:
+    return [[_cell(v) for v in row] for row in frame.itertuples(index=False)]
+
+
+def to_markdown(table: Table) -> str:
+    body = tabulate(_plain(table.frame), headers=list(table.frame.columns), tablefmt="pipe",
+                    disable_numparse=True)
+    return (
+        f"**Table {table.name}. {table.title}.** {table.caption}\n\n{body}\n\n{table.note}\n"
+    )
+
+
+def to_latex(table: Table) -> str:
+    body = tabulate(_plain(table.frame), headers=list(table.frame.columns),
+                    tablefmt="latex_booktabs", disable_numparse=True)
+    caption = f"\\textbf{{{table.title}.}} {table.caption} {table.note}".replace("_", "\\_")
+    caption = caption.replace("`", "")
+    return (
+        "\\begin{table}[t]\n\\centering\n\\small\n"
+        f"{body}\n\\caption{{{caption}}}\n\\label{{tab:{table.name}}}\n\\end{{table}}\n"
+    )
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def write_table(table: Table, out_dir: str | Path) -> list[Path]:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    outputs = {
+        "csv": table.frame.to_csv(index=False),
+        "md": to_markdown(table),
+        "tex": to_latex(table),
+    }
+    paths = []
+    for ext, text in outputs.items():
+        path = out_dir / f"{table.name}.{ext}"
+        _write_atomic(path, text)
+        paths.append(path)
+    return paths
+
+
+def load_profile(path: str | Path) -> Profile:
+    """The profile config the workflow ran with (its `profile_config` rule's dump)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"profile config not found: {path}")
+    return Profile(yaml.safe_load(path.read_text()))
+
+
+def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
+    parser.add_argument("table", choices=ALL_TABLES, help="the supplement's table to build")
+    parser.add_argument("--profile", required=True,
+                        help="workflow config as run (results/<profile>/runs/profile.yaml)")
+    parser.add_argument("--out-dir", required=True, help="writes <table>.csv, .md and .tex here")
+
+
+def run(args: argparse.Namespace) -> int:
+    table = build_table(load_profile(args.profile), args.table)
+    for path in write_table(table, args.out_dir):
+        print(path)
+    return 0
