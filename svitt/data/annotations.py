@@ -167,10 +167,19 @@ def _videos(path: Path, index: int, entry: Any) -> tuple[str, ...]:
     return tuple(items)
 
 
-def sentence_count(path: Path, index: int, entry: Any, name: str = "caption") -> int:
-    """Sentences in a caption field (a DiDeMo paragraph counts each of its sentences)."""
-    value = _field(path, index, entry, name)
-    return len(value) if isinstance(value, list) else 1
+def annotation_counts(path: str | Path) -> tuple[list[str], int]:
+    """Videos referenced by one annotation file (first-appearance order) and its number of
+    texts: questions for QA, sentences otherwise (a DiDeMo paragraph counts each sentence)."""
+    path = Path(path)
+    videos, texts = [], 0
+    for i, entry in enumerate(_read_list(path)):
+        videos.extend(_videos(path, i, entry))
+        if isinstance(entry, dict) and "question" in entry:
+            texts += 1
+        else:
+            value = _field(path, i, entry, "caption")
+            texts += len(value) if isinstance(value, list) else 1
+    return unique_videos(videos), texts
 
 
 def load_text_video(path: str | Path) -> list[TextVideo]:

@@ -138,6 +138,30 @@ def probe_video(path: str | Path, decode_last: bool = False) -> VideoInfo:
         raise VideoError(path, f"cannot decode ({str(err).splitlines()[0][:200]})") from None
 
 
+def video_metadata(path: str | Path) -> VideoInfo:
+    """Frame count, rate and size from the container header only (no decoding): fast enough
+    for statistics over whole datasets. Validation uses `probe_video` instead."""
+    import av
+
+    path = Path(path)
+    if not path.is_file():
+        raise VideoError(path, "file not found")
+    try:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            fps = float(stream.average_rate or stream.guessed_rate or 0)
+            frames = stream.frames
+            if not frames:  # e.g. WebM stores no frame count: derive it from the duration
+                if stream.duration is not None:
+                    seconds = float(stream.duration * stream.time_base)
+                else:
+                    seconds = (container.duration or 0) / av.time_base
+                frames = round(seconds * fps)
+            return VideoInfo(int(frames), fps, stream.width, stream.height)
+    except (av.FFmpegError, IndexError) as err:
+        raise VideoError(path, f"cannot read metadata ({err})") from None
+
+
 def random_resized_crop_box(
     height: int,
     width: int,
