@@ -130,7 +130,10 @@ class TextEncoder(nn.Module):
         self.sparsity = sparsity
         self.num_text_layers = cfg.depth - cfg.cross_depth
         self.num_cross_layers = cfg.cross_depth if multimodal else 0
-        for index in sparsity.cross_drop_layers:
+        self.prune_layers = (
+            set(sparsity.cross_drop_layers) if sparsity.cross_keep_rate < 1 else set()
+        )
+        for index in self.prune_layers:
             if self.num_cross_layers and not 0 <= index < self.num_cross_layers:
                 raise ConfigError(
                     f"model.sparsity.cross_drop_layers: got {index}; allowed: multimodal layer "
@@ -140,9 +143,6 @@ class TextEncoder(nn.Module):
         self.embeddings = BertEmbeddings(bert_config(cfg))
         text_config = bert_config(cfg)
         layers = [bert_layer(text_config, causal=False) for _ in range(self.num_text_layers)]
-        self.prune_layers = (
-            set(sparsity.cross_drop_layers) if sparsity.cross_keep_rate < 1 else set()
-        )
         for index in range(self.num_cross_layers):
             # Eager attention returns the attention weights the pruning ranks tokens by.
             config = bert_config(cfg, cross_attention=True, eager=index in self.prune_layers)

@@ -1,0 +1,146 @@
+"""Text / multimodal encoder: BERT checkpoint loading, cross-modal token pruning."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import BertConfig, BertModel
+
+from svitt.config import ConfigError, SparsityConfig, TextConfig
+from svitt.models.text import TextEncoder, additive_mask, load_text_weights
+
+VOCAB = 40
+SPECIALS = {"pad_token_id": 0, "cls_token_id": 1, "sep_token_id": 2, "mask_token_id": 3}
+
+
+def text_config(depth: int = 3, cross_depth: int = 1, dim: int = 32) -> TextConfig:
+    return TextConfig(
+        vocab_size=VOCAB, dim=dim, depth=depth, cross_depth=cross_depth, heads=4,
+        mlp_dim=2 * dim, max_positions=16, **SPECIALS,
+    )  # fmt: skip
+
+
+def save_tiny_bert(path, layers: int = 3, positions: int = 24) -> BertModel:
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=VOCAB, hidden_size=32, num_hidden_layers=layers, num_attention_heads=4,
+        intermediate_size=64, max_position_embeddings=positions, pad_token_id=0,
+    )  # fmt: skip
+    model = BertModel(config).eval()
+    model.save_pretrained(path)
+    return model
+
+
+def text_batch(batch: int = 2, length: int = 7) -> tuple[torch.Tensor, torch.Tensor]:
+    ids = torch.randint(4, VOCAB, (batch, length))
+    ids[:, 0] = SPECIALS["cls_token_id"]
+    mask = torch.ones(batch, length, dtype=torch.long)
+    mask[1, 5:] = 0
+    ids[1, 5:] = SPECIALS["pad_token_id"]
+    return ids, mask
+
+
+def test_saved_bert_directory_is_reproduced(tmp_path):
+    bert = save_tiny_bert(tmp_path, layers=3).double()
+    # 3 BERT layers: our first two are text-only, the third is multimodal.
+    encoder = TextEncoder(text_config(depth=3, cross_depth=1), SparsityConfig(), video_dim=24)
+    missing = load_text_weights(encoder, tmp_path)
+    assert missing and all(k.startswith(("layers.2.crossattention.", "mlm_head.")) for k in missing)
+    encoder.double().eval()
+    ids, mask = text_batch()
+    reference = bert(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+    ours = encoder.forward_text(ids, mask)
+    keep = mask.bool()
+    torch.testing.assert_close(ours[keep], reference.hidden_states[2][keep], rtol=0, atol=1e-12)
+    # The multimodal layer's self-attention and FFN come from BERT layer 2 too.
+    torch.testing.assert_close(
+        encoder.layers[2].output.dense.weight, bert.encoder.layer[2].output.dense.weight
+    )
+
+
+def test_full_text_tower_matches_bert(tmp_path):
+    bert = save_tiny_bert(tmp_path, layers=2).double()
+    encoder = TextEncoder(
+        text_config(depth=2, cross_depth=0), SparsityConfig(), video_dim=32, mlm_head=False
+    )
+    assert load_text_weights(encoder, tmp_path) == []
+    encoder.double().eval()
+    ids, mask = text_batch()
+    reference = bert(input_ids=ids, attention_mask=mask).last_hidden_state
+    keep = mask.bool()
+    torch.testing.assert_close(encoder.forward_text(ids, mask)[keep], reference[keep])
+
+
+def test_missing_checkpoint_names_the_path(tmp_path):
+    encoder = TextEncoder(text_config(), SparsityConfig(), video_dim=32)
+    with pytest.raises(FileNotFoundError, match=str(tmp_path / "nope")):
+        load_text_weights(encoder, tmp_path / "nope")
+
+
+def test_checkpoint_shape_mismatch_names_the_field(tmp_path):
+    save_tiny_bert(tmp_path)
+    encoder = TextEncoder(text_config(dim=48), SparsityConfig(), video_dim=48)
+    with pytest.raises(ConfigError, match=r"model\.text\.dim: got 48.*has 32"):
+        load_text_weights(encoder, tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("keep_rate", "tokens", "kept_count"), [(0.1, 40, 4), (0.3, 10, 3), (0.5, 7, 4)]
+)  # ceil(q * n), exact despite 0.3 * 10 = 3.0000000000000004
+def test_cross_modal_pruning_shrinks_later_layers(keep_rate, tokens, kept_count):
+    torch.manual_seed(0)
+    sparsity = SparsityConfig(cross_keep_rate=keep_rate, cross_drop_layers=(1,))
+    encoder = TextEncoder(text_config(depth=4, cross_depth=3), sparsity, video_dim=24).eval()
+    seen_by_layer = []
+    for layer in encoder.layers[1:]:
+        layer.crossattention.register_forward_pre_hook(
+            lambda module, args: seen_by_layer.append(args[2].shape[1])
+        )
+    ids, mask = text_batch()
+    hidden = encoder.forward_text(ids, mask)
+    video = torch.randn(2, 1 + tokens, 24)
+    positions = torch.randperm(100)[:tokens].expand(2, -1)  # arbitrary raster positions
+    out = encoder.forward_multimodal(hidden, mask, video, positions)
+    assert out.video_tokens_seen == [tokens, tokens, kept_count]
+    assert seen_by_layer == [1 + tokens, 1 + tokens, 1 + kept_count]  # [CLS] kept as well
+    assert len(out.kept) == 1 and out.kept[0].shape == (2, kept_count)
+    for row in range(2):
+        assert set(out.kept[0][row].tolist()) <= set(positions[row].tolist())
+
+
+def test_pruning_keeps_tokens_with_most_text_cls_attention():
+    torch.manual_seed(1)
+    sparsity = SparsityConfig(cross_keep_rate=0.25, cross_drop_layers=(0,))
+    encoder = TextEncoder(text_config(depth=3, cross_depth=2), sparsity, video_dim=32).eval()
+    captured = []
+    encoder.layers[1].crossattention.register_forward_hook(
+        lambda module, args, output: captured.append(output[1])
+    )
+    ids, mask = text_batch()
+    video = torch.randn(2, 1 + 12, 32)
+    out = encoder.forward_multimodal(encoder.forward_text(ids, mask), mask, video)
+    attention = captured[0][:, :, 0, 1:].mean(dim=1)  # text [CLS] -> video, mean over heads
+    expected = attention.topk(3, dim=1).indices.sort(dim=1).values
+    assert torch.equal(out.kept[0], expected)
+
+
+def test_no_pruning_at_keep_rate_one():
+    encoder = TextEncoder(text_config(depth=3, cross_depth=2), SparsityConfig(), video_dim=32)
+    ids, mask = text_batch()
+    out = encoder.forward_multimodal(encoder.forward_text(ids, mask), mask, torch.randn(2, 9, 32))
+    assert out.video_tokens_seen == [8, 8] and out.kept == []
+
+
+def test_cross_drop_layer_out_of_range_is_rejected():
+    sparsity = SparsityConfig(cross_keep_rate=0.5, cross_drop_layers=(2,))
+    with pytest.raises(ConfigError, match=r"cross_drop_layers: got 2.*\[0, 1\]"):
+        TextEncoder(text_config(depth=3, cross_depth=2), sparsity, video_dim=32)
+
+
+def test_causal_additive_mask():
+    mask = torch.tensor([[1, 1, 1, 0]])
+    blocked = additive_mask(mask, torch.float64, causal=True)[0, 0] < 0
+    expected = torch.tensor(
+        [[0, 1, 1, 1], [0, 0, 1, 1], [0, 0, 0, 1], [0, 0, 0, 1]], dtype=torch.bool
+    )
+    assert torch.equal(blocked, expected)
