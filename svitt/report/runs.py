@@ -55,7 +55,7 @@ class Variant:
         if frame_level != (self.sparsity is None):
             raise SpecError(
                 f"variant {self.arch!r}: "
-                + ("a frame-level model takes no sparsity" if frame_level else "needs a sparsity row")
+                + ("frame-level, takes no sparsity" if frame_level else "needs a sparsity row")
             )
 
     def __str__(self) -> str:
@@ -86,7 +86,9 @@ class Run:
         if (self.task == "pretrain") != (self.dataset is None):
             raise SpecError(f"run {self.task}: a dataset is required except for pre-training")
         if self.probe is not None and not _PROBE.match(self.probe):
-            raise SpecError(f"run: bad probe {self.probe!r}; allowed: normal, shuffle, reverse, keep<q>")
+            raise SpecError(
+                f"run: bad probe {self.probe!r}; allowed: normal, shuffle, reverse, keep<q>"
+            )
         if self.task == "zero-shot" and self.probe is None:
             raise SpecError("run zero-shot: a probe is required (normal for the plain evaluation)")
         if self.task in ("pretrain", "tokens") and self.probe is not None:
@@ -195,7 +197,7 @@ class Profile:
         return [Variant(arch, name, order) for name in names]
 
     def resolve(self, run: Run) -> dict[str, Any]:
-        """The run's full RunConfig as plain data, checked by `load_config` (errors name the key)."""
+        """The run's full RunConfig as plain data, checked by `load_config` (errors name keys)."""
         cfg = self.config
         stage = cfg[run.stage]
         frames_key = f"T{run.frames}"

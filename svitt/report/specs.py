@@ -100,7 +100,9 @@ def load_sparsity_table(path: str | Path) -> list[SparsityRow]:
     for i, row in enumerate(rows):
         name = row["name"].strip()
         if not _NAME.match(name):
-            raise SpecError(f"{path}: row {i + 1}, column 'name': {name!r} must match {_NAME.pattern}")
+            raise SpecError(
+                f"{path}: row {i + 1}, column 'name': {name!r} must match {_NAME.pattern}"
+            )
         if name in {r.name for r in out}:
             raise SpecError(f"{path}: row {i + 1}, column 'name': duplicate name {name!r}")
         attention = row["attention"].strip()

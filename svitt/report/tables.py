@@ -172,14 +172,16 @@ def retrieval_table(profile: Profile, spec: Mapping[str, Any]) -> pd.DataFrame:
                 if run is not None
                 else [None] * len(RECALL_KEYS)
             )
-            out.update(zip(_recall_columns(labels[dataset].label), map(_round, values)))
+            out.update(
+                zip(_recall_columns(labels[dataset].label), map(_round, values), strict=True)
+            )
         rows.append(out)
     for reported in spec["reported"]:
         out = {"source": REPORTED}
         out.update({k: reported.get(k, "") for k in ("method", "pt", "frames", "sparsity")})
         for dataset in datasets:
             values = reported.get(dataset) or [None] * len(RECALL_KEYS)
-            out.update(zip(_recall_columns(labels[dataset].label), values))
+            out.update(zip(_recall_columns(labels[dataset].label), values, strict=True))
         rows.append(out)
     return pd.DataFrame(rows, dtype=object)
 
@@ -200,12 +202,16 @@ def probe_table(profile: Profile, spec: Mapping[str, Any]) -> pd.DataFrame:
         out.update(_probe_cells(profile, spec, row, labels))
         rows.append(out)
     for reported in spec["reported"]:
-        out = {"source": REPORTED, "method": reported["method"], "frames": "",
-               "sparsity": reported.get("sparsity", "")}
+        out = {
+            "source": REPORTED,
+            "method": reported["method"],
+            "frames": "",
+            "sparsity": reported.get("sparsity", ""),
+        }
         for column in spec["columns"]:
             label = labels[column["dataset"]].label
             values = reported.get(column["dataset"]) or [None] * 3
-            out.update(zip((f"{label} N", f"{label} S", f"{label} Δ"), values))
+            out.update(zip((f"{label} N", f"{label} S", f"{label} Δ"), values, strict=True))
         rows.append(out)
     return pd.DataFrame(rows, dtype=object)
 
@@ -292,7 +298,11 @@ def hyperparameters_table(profile: Profile, spec: Mapping[str, Any]) -> pd.DataF
     reported = spec["reported"]
     for name, values in reported["rows"].items():
         rows.append(
-            {"source": REPORTED, "hyperparameter": name, **dict(zip(reported["columns"], values))}
+            {
+                "source": REPORTED,
+                "hyperparameter": name,
+                **dict(zip(reported["columns"], values, strict=True)),
+            }
         )
     return pd.DataFrame(rows, dtype=object)
 
@@ -312,7 +322,9 @@ def build_table(profile: Profile, name: str) -> Table:
     spec = load_spec(profile.ablations, name)
     layout = spec.get("layout")
     if layout not in BUILDERS:
-        raise SpecError(f"{profile.ablations}/{name}.yaml: layout {layout!r}; allowed: {list(BUILDERS)}")
+        raise SpecError(
+            f"{profile.ablations}/{name}.yaml: layout {layout!r}; allowed: {list(BUILDERS)}"
+        )
     frame = BUILDERS[layout](profile, spec)
     return Table(name, spec["title"], spec.get("caption", ""), frame, _source_note(profile))
 
@@ -328,16 +340,22 @@ def _plain(frame: pd.DataFrame) -> list[list[Any]]:
 
 
 def to_markdown(table: Table) -> str:
-    body = tabulate(_plain(table.frame), headers=list(table.frame.columns), tablefmt="pipe",
-                    disable_numparse=True)
-    return (
-        f"**Table {table.name}. {table.title}.** {table.caption}\n\n{body}\n\n{table.note}\n"
+    body = tabulate(
+        _plain(table.frame),
+        headers=list(table.frame.columns),
+        tablefmt="pipe",
+        disable_numparse=True,
     )
+    return f"**Table {table.name}. {table.title}.** {table.caption}\n\n{body}\n\n{table.note}\n"
 
 
 def to_latex(table: Table) -> str:
-    body = tabulate(_plain(table.frame), headers=list(table.frame.columns),
-                    tablefmt="latex_booktabs", disable_numparse=True)
+    body = tabulate(
+        _plain(table.frame),
+        headers=list(table.frame.columns),
+        tablefmt="latex_booktabs",
+        disable_numparse=True,
+    )
     caption = f"\\textbf{{{table.title}.}} {table.caption} {table.note}".replace("_", "\\_")
     caption = caption.replace("`", "")
     return (
@@ -378,8 +396,11 @@ def load_profile(path: str | Path) -> Profile:
 
 def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("table", choices=ALL_TABLES, help="the supplement's table to build")
-    parser.add_argument("--profile", required=True,
-                        help="workflow config as run (results/<profile>/runs/profile.yaml)")
+    parser.add_argument(
+        "--profile",
+        required=True,
+        help="workflow config as run (results/<profile>/runs/profile.yaml)",
+    )
     parser.add_argument("--out-dir", required=True, help="writes <table>.csv, .md and .tex here")
 
 
