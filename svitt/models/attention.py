@@ -103,38 +103,33 @@ def sparse_attention(
             f"{-(-n // block_size)} blocks of {block_size}"
         )
     device = q.device
-    key_blocks = key_blocks.to(device)
-    pad = num_blocks * block_size - n
-
-    def blocks(x: Tensor) -> Tensor:
-        x = F.pad(x[:, :, 1:], (0, 0, 0, pad))
-        return rearrange(x, "b h (nb g) d -> b h nb g d", g=block_size)
-
-    def gather_keys(x: Tensor) -> Tensor:
-        picked = rearrange(blocks(x)[:, :, key_blocks], "b h nb k g d -> b h nb (k g) d")
-        cls = x[:, :, :1, None].expand(-1, -1, num_blocks, -1, -1)
-        return torch.cat([cls, picked], dim=3)  # [B, H, nb, 1 + K*G, d]
-
     offsets = torch.arange(block_size, device=device)
-    key_index = rearrange(key_blocks[:, :, None] * block_size + offsets, "nb k g -> nb (k g)")
+    key_index = rearrange(
+        key_blocks.to(device)[:, :, None] * block_size + offsets, "nb k g -> nb (k g)"
+    )
     key_index = torch.cat([key_index.new_zeros(num_blocks, 1), key_index + 1], dim=1)
     query_index = 1 + torch.arange(num_blocks * block_size, device=device).view(num_blocks, -1)
-    # Padded positions are masked out; clamping keeps the bias lookup in range for them.
-    padding = torch.zeros(key_index.shape, device=device, dtype=q.dtype)
-    padding = padding.masked_fill(key_index > n, float("-inf"))[:, None, :]  # [nb, 1, 1+KG]
+    # Positions past the last token (the padded tail of the last block) are clamped onto a real
+    # token so the gathers stay in range; as keys they are masked, as queries dropped.
+    key_index, key_pad = key_index.clamp(max=n), key_index > n
+    query_index = query_index.clamp(max=n)
     mask = None
     if bias_fn is not None:
-        mask = bias_fn(query_index.clamp(max=n), key_index.clamp(max=n)).to(q.dtype) + padding
-    elif pad:
-        mask = padding.expand(1, heads, -1, -1, -1)
+        mask = bias_fn(query_index, key_index).to(q.dtype)
+    if key_pad.any():
+        padding = torch.zeros(key_pad.shape, device=device, dtype=q.dtype)
+        padding = padding.masked_fill(key_pad, float("-inf"))[:, None, :]  # [nb, 1, 1+KG]
+        mask = padding.expand(1, heads, -1, -1, -1) if mask is None else mask + padding
     if mask is not None:
         mask = rearrange(mask, "b h nb g k -> b (h nb) g k")
 
+    def gather(x: Tensor, index: Tensor) -> Tensor:
+        """[B, H, N, d] -> [B, H*nb, m, d]: the rows of `index` [nb, m] for each block."""
+        picked = x.index_select(2, index.flatten())
+        return rearrange(picked, "b h (nb m) d -> b (h nb) m d", nb=num_blocks)
+
     out = F.scaled_dot_product_attention(
-        rearrange(blocks(q), "b h nb g d -> b (h nb) g d"),
-        rearrange(gather_keys(k), "b h nb k d -> b (h nb) k d"),
-        rearrange(gather_keys(v), "b h nb k d -> b (h nb) k d"),
-        attn_mask=mask,
+        gather(q, query_index), gather(k, key_index), gather(v, key_index), attn_mask=mask
     )
     out = rearrange(out, "b (h nb) g d -> b h (nb g) d", h=heads)[:, :, :n]
     cls_out, cls_attn = _cls_row(q, k, v, bias_fn)
