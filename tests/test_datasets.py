@@ -1,0 +1,168 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from svitt.config import ConfigError, load_config
+from svitt.data.datasets import (
+    BadVideosError,
+    eval_loader,
+    load_tokenizer,
+    pretrain_loader,
+    qa_eval,
+    retrieval_eval,
+    set_epoch,
+)
+from svitt.data.synthetic import Obj, Script, State, render, train_tokenizer, write_video
+
+CAPTIONS = [
+    "a red square moves right",
+    "a blue circle appears",
+    "a green triangle stays still",
+    "a red square moves left",
+    "a blue circle disappears",
+    "a yellow square moves up",
+]
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    """webvid with 6 good videos + a corrupt and a missing one; msrvtt test; agqa."""
+    root = tmp_path_factory.mktemp("data")
+    square = Obj("red", "square", "big")
+    for name in ("webvid", "msrvtt", "agqa"):
+        (root / name / "videos").mkdir(parents=True)
+        (root / name / "annotations").mkdir()
+        for i in range(6):
+            script = Script((square,), ((State(14 + 4 * i, 32, True),), (State(46, 32, True),)))
+            write_video(root / name / "videos" / f"v{i}.mp4", render(script, 8))
+        (root / name / "videos" / "corrupt.mp4").write_bytes(b"\x00" * 300)
+    pairs = [{"video": f"v{i}.mp4", "caption": c} for i, c in enumerate(CAPTIONS)]
+    bad = [{"video": "corrupt.mp4", "caption": "x"}, {"video": "missing.mp4", "caption": "y"}]
+    (root / "webvid/annotations/train.json").write_text(json.dumps(pairs[:3] + bad + pairs[3:]))
+    test = [{"video": ["v0.mp4", "v1.mp4"], "caption": "moving the red square"}, *pairs[2:]]
+    (root / "msrvtt/annotations/test.json").write_text(json.dumps(test))
+    qa = [
+        {
+            "video": f"v{i}.mp4",
+            "question": "what color is the square?",
+            "answer": "red" if i else "crimson",
+            "question_id": 100 + i,
+        }
+        for i in range(6)
+    ]
+    (root / "agqa/annotations/test.json").write_text(json.dumps(qa))
+    (root / "agqa/annotations/answer_list.json").write_text(json.dumps(["blue", "red"]))
+    train_tokenizer([*CAPTIONS, "what color is the square", "red blue crimson"], root / "tokenizer")
+    return root
+
+
+def config(root, **data):
+    return load_config(
+        {
+            "seed": 1,
+            "data": {
+                "root": str(root),
+                "tokenizer": str(root / "tokenizer"),
+                "num_workers": 0,
+                "text_max_len": 12,
+                **data,
+            },
+            "model": {"vision": {"image_size": 32, "patch_size": 8, "num_frames": 4}},
+            "optim": {"batch_size": 4},
+            "eval": {"batch_size": 3},
+        }
+    )
+
+
+def test_tokenizer_special_tokens_and_padding(root):
+    tok = load_tokenizer(root / "tokenizer")
+    assert tok.convert_tokens_to_ids(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]) == [
+        0,
+        1,
+        2,
+        3,
+        4,
+    ]
+    ids = tok("a red square")["input_ids"]
+    assert ids[0] == tok.cls_token_id and ids[-1] == tok.sep_token_id
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        load_tokenizer(root / "nowhere")
+
+
+def test_training_skips_and_reports_bad_videos(root):
+    cfg = config(root)
+    loader = pretrain_loader(cfg, load_tokenizer(cfg.data.tokenizer))
+    set_epoch(loader, 0)
+    batches = list(loader)
+    assert len(batches) == 2  # 8 entries, batch 4, drop_last
+    skipped = sorted(p for b in batches for p in b["skipped"])
+    assert [p.rsplit("/", 1)[1] for p in skipped] == ["corrupt.mp4", "missing.mp4"]
+    kept = sum(len(b["video_id"]) for b in batches)
+    assert kept == 6
+    b = batches[0]
+    n = len(b["video_id"])
+    assert b["video"].shape == (n, 4, 3, 32, 32) and b["video"].dtype == torch.float32
+    assert b["text_ids"].shape == (n, 12) and b["text_ids"].dtype == torch.long
+    assert b["text_mask"].shape == (n, 12) and bool((b["text_ids"][b["text_mask"] == 0] == 0).all())
+
+
+def test_training_batches_do_not_depend_on_workers(root):
+    tok = load_tokenizer(root / "tokenizer")
+    results = []
+    for workers in (0, 2):
+        loader = pretrain_loader(config(root, num_workers=workers), tok)
+        set_epoch(loader, 3)
+        results.append(list(loader))
+    for a, b in zip(*results, strict=True):
+        assert torch.equal(a["video"], b["video"]) and torch.equal(a["video_id"], b["video_id"])
+        assert a["skipped"] == b["skipped"]
+
+
+def test_evaluation_raises_listing_every_bad_video(root):
+    cfg = config(root)
+    tok = load_tokenizer(cfg.data.tokenizer)
+    loader = pretrain_loader(cfg, tok)
+    strict = eval_loader(loader.dataset, loader.collate_fn, 3, 0, allow_bad=False)
+    with pytest.raises(BadVideosError, match=r"(?s)corrupt\.mp4.*missing\.mp4") as err:
+        for _ in strict:
+            pass
+    assert len(err.value.paths) == 2
+    lenient = eval_loader(loader.dataset, loader.collate_fn, 3, 0, allow_bad=True)
+    seen = [i for b in lenient for i in b["video_id"].tolist()]
+    assert len(seen) == 6 and len(lenient.skipped) == 2
+
+
+def test_retrieval_eval_ground_truth_and_video_set(root):
+    cfg = config(root, dataset="msrvtt")
+    ev = retrieval_eval(cfg, load_tokenizer(cfg.data.tokenizer))
+    assert ev.data.texts[0] == "moving the red square"
+    assert ev.data.ground_truth[0] == frozenset({0, 1})
+    assert [v.name for v in ev.data.videos] == [f"v{i}.mp4" for i in range(6)]
+    assert ev.text_ids.shape == (5, 12)
+    ids = [i for b in ev.videos for i in b["video_id"].tolist()]
+    assert ids == list(range(6)) and ev.videos.skipped == []
+    with pytest.raises(ConfigError, match=r"data\.dataset.*allowed for retrieval"):
+        retrieval_eval(config(root, dataset="agqa"), None)
+
+
+def test_qa_eval_batch_and_answer_index(root):
+    cfg = config(root, dataset="agqa", answer_max_len=4)
+    ev = qa_eval(cfg, load_tokenizer(cfg.data.tokenizer))
+    assert ev.answers == ["blue", "red"] and ev.answer_ids.shape == (2, 4)
+    batch = next(iter(ev.questions))
+    assert batch["question_ids"].shape == (3, 12) and batch["answer_ids"].shape == (3, 4)
+    assert batch["answer_index"].tolist() == [-1, 1, 1]  # "crimson" is not in the list
+    assert batch["question_id"].tolist() == [100, 101, 102]
+
+
+def test_clip_content_matches_video(root):
+    cfg = config(root, dataset="msrvtt")
+    ev = retrieval_eval(cfg, load_tokenizer(cfg.data.tokenizer))
+    clip = next(iter(ev.videos))["video"][0]  # v0: the square moves right
+    mean = torch.tensor(cfg.data.mean).view(3, 1, 1)
+    std = torch.tensor(cfg.data.std).view(3, 1, 1)
+    red = ((clip * std + mean)[:, 0] > 0.6).float()  # [T, H, W]
+    columns = [float((m.sum(0) * torch.arange(32)).sum() / m.sum()) for m in red]
+    assert np.all(np.diff(columns) > 0)  # moving right, frame after frame
