@@ -116,7 +116,7 @@ def sparse_attention(
     mask = None
     if bias_fn is not None:
         mask = bias_fn(query_index, key_index).to(q.dtype)
-    if key_pad.any():
+    if num_blocks * block_size > n:  # from sizes, not the tensor: no device sync
         padding = torch.zeros(key_pad.shape, device=device, dtype=q.dtype)
         padding = padding.masked_fill(key_pad, float("-inf"))[:, None, :]  # [nb, 1, 1+KG]
         mask = padding.expand(1, heads, -1, -1, -1) if mask is None else mask + padding
