@@ -1,0 +1,230 @@
+"""SViTT model: VTC / VTM / MLM losses, hard negatives, masking, the common model API."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from svitt.config import ModelConfig, SparsityConfig, TextConfig, VisionConfig
+from svitt.models.svitt import (
+    SViTT,
+    mask_tokens,
+    positive_pairs,
+    sample_hard_negatives,
+    vtc_loss,
+)
+from svitt.models.text import IGNORE_INDEX
+
+VOCAB = 40
+
+
+def small_config(**changes) -> ModelConfig:
+    cfg = ModelConfig(
+        vision=VisionConfig(image_size=16, patch_size=8, num_frames=4, dim=32, depth=2, heads=4),
+        text=TextConfig(
+            vocab_size=VOCAB, dim=24, depth=3, cross_depth=2, heads=4, mlp_dim=48,
+            max_positions=16, pad_token_id=0, cls_token_id=1, sep_token_id=2, mask_token_id=3,
+        ),
+        sparsity=SparsityConfig(
+            visual_keep_rate=0.75, visual_drop_layers=(0,), cross_keep_rate=0.5,
+            cross_drop_layers=(0,),
+        ),
+        embed_dim=16,
+    )  # fmt: skip
+    return dataclasses.replace(cfg, **changes)
+
+
+def make_batch(batch: int = 4, length: int = 8, seed: int = 0) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(4, VOCAB, (batch, length), generator=generator)
+    ids[:, 0], ids[:, -1] = 1, 2
+    return {
+        "video": torch.randn(batch, 4, 3, 16, 16, generator=generator),
+        "text_ids": ids,
+        "text_mask": torch.ones(batch, length, dtype=torch.long),
+    }
+
+
+def evaluate(model: SViTT, batch: dict) -> dict[str, float]:
+    """Losses with dropout off and the same masks / negatives every call."""
+    model.eval()
+    torch.manual_seed(123)
+    with torch.no_grad():
+        losses = {name: value.item() for name, value in model(batch).items()}
+    model.train()
+    return losses
+
+
+def test_each_loss_decreases_on_a_fixed_batch():
+    torch.manual_seed(0)
+    model = SViTT(small_config())
+    batch = make_batch()
+    before = evaluate(model, batch)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    for _ in range(12):
+        optimizer.zero_grad()
+        model(batch)["loss"].backward()
+        optimizer.step()
+    after = evaluate(model, batch)
+    for name in ("vtc", "vtm", "mlm", "loss"):
+        assert after[name] < before[name], (name, before[name], after[name])
+
+
+def test_forward_returns_weighted_total():
+    torch.manual_seed(0)
+    model = SViTT(small_config(loss_weights={"vtc": 2.0, "vtm": 0.0, "mlm": 0.5})).eval()
+    torch.manual_seed(1)
+    losses = model(make_batch())
+    assert set(losses) == {"vtc", "mlm", "loss"}  # weight 0: not computed
+    torch.testing.assert_close(losses["loss"], 2.0 * losses["vtc"] + 0.5 * losses["mlm"])
+
+
+def test_vtc_matches_the_infonce_formula():
+    torch.manual_seed(0)
+    video = F.normalize(torch.randn(3, 8, dtype=torch.float64), dim=-1)
+    text = F.normalize(torch.randn(3, 8, dtype=torch.float64), dim=-1)
+    temp = torch.tensor(0.07, dtype=torch.float64)
+    expected = 0.0
+    for i in range(3):
+        v2t = [math.exp(video[i] @ text[j] / temp) for j in range(3)]
+        t2v = [math.exp(text[i] @ video[j] / temp) for j in range(3)]
+        expected -= math.log(v2t[i] / sum(v2t)) + math.log(t2v[i] / sum(t2v))
+    expected /= 2 * 3  # mean over the batch and the two directions
+    assert vtc_loss(video, text, temp).item() == pytest.approx(expected, rel=1e-12)
+
+
+def test_vtc_gather_spans_the_global_batch():
+    torch.manual_seed(0)
+    video, text = torch.randn(2, 8, dtype=torch.float64), torch.randn(2, 8, dtype=torch.float64)
+    other_video, other_text = torch.randn(3, 8, dtype=torch.float64), torch.randn(3, 8).double()
+    others = {id(video): other_video, id(text): other_text}
+
+    def gather(x):  # what an all-gather with gradients returns: this rank's rows + the others'
+        return torch.cat([x, others[id(x)]])
+
+    temp = torch.tensor(0.1, dtype=torch.float64)
+    global_loss = vtc_loss(torch.cat([video, other_video]), torch.cat([text, other_text]), temp)
+    torch.testing.assert_close(vtc_loss(video, text, temp, gather), global_loss)
+    assert not torch.isclose(vtc_loss(video, text, temp), global_loss)
+
+
+def test_vtc_same_video_pairs_are_all_positives():
+    torch.manual_seed(0)
+    video = F.normalize(torch.randn(3, 8, dtype=torch.float64), dim=-1)
+    text = F.normalize(torch.randn(3, 8, dtype=torch.float64), dim=-1)
+    temp = torch.tensor(0.1, dtype=torch.float64)
+    ids = [7, 7, 9]
+    logits = (video @ text.T / temp).tolist()
+    expected = 0.0
+    for i in range(3):
+        positives = [j for j in range(3) if ids[j] == ids[i]]
+        for row in (logits[i], [logits[j][i] for j in range(3)]):  # video->text, text->video
+            log_norm = math.log(sum(math.exp(x) for x in row))
+            expected -= sum(row[j] - log_norm for j in positives) / len(positives)
+    expected /= 2 * 3
+    loss = vtc_loss(video, text, temp, video_ids=torch.tensor(ids))
+    assert loss.item() == pytest.approx(expected, rel=1e-12)
+    assert loss.item() != pytest.approx(vtc_loss(video, text, temp).item(), rel=1e-3)
+
+
+def test_hard_negatives_are_never_positives():
+    torch.manual_seed(0)
+    video_ids = torch.tensor([0, 1, 1, 2, 3, 3, 3, 4])
+    positives = positive_pairs(8, video_ids, torch.device("cpu"))
+    for _ in range(200):
+        similarity = torch.randn(8, 8) * 5
+        similarity.diagonal().add_(100.0)  # positives most similar: the likeliest draw if allowed
+        index, valid = sample_hard_negatives(similarity, positives)
+        assert valid.all()
+        assert not positives[torch.arange(8), index].any()
+
+
+def test_hard_negatives_follow_similarity_and_flag_rows_without_any():
+    similarity = torch.tensor([[0.0, 50.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    positives = torch.tensor([[1, 0, 0], [1, 1, 1], [0, 0, 1]], dtype=torch.bool)
+    index, valid = sample_hard_negatives(similarity, positives)
+    assert index[0] == 1  # overwhelmingly the most similar negative
+    assert valid.tolist() == [True, False, True]
+
+
+def test_vtm_uses_no_same_video_negative(monkeypatch):
+    torch.manual_seed(0)
+    model = SViTT(small_config(loss_weights={"vtm": 1.0}))
+    batch = make_batch(batch=4) | {"video_id": torch.tensor([5, 5, 6, 7])}
+    pairs = []
+
+    def record(video_tokens, text_hidden, text_mask):
+        pairs.append((video_tokens, text_hidden))
+        return torch.zeros(len(video_tokens), requires_grad=True)
+
+    monkeypatch.setattr(model, "match_logits", record)
+    video = model.encode_video(batch["video"])
+    text = model.encode_text(batch["text_ids"], batch["text_mask"])
+    for _ in range(20):
+        model.vtm_loss(video, text, batch["text_mask"], batch["video_id"])
+    ids = batch["video_id"]
+    for video_tokens, text_hidden in pairs:
+        video_row = [int((video.tokens == v).all(dim=(1, 2)).nonzero()[0]) for v in video_tokens]
+        text_row = [int((text.hidden == t).all(dim=(1, 2)).nonzero()[0]) for t in text_hidden]
+        same = [ids[v] == ids[t] for v, t in zip(video_row, text_row, strict=True)]
+        assert all(same[:4]) and not any(same[4:])  # 4 positives, then only true negatives
+        assert len(same) == 12
+
+
+def test_mask_tokens_never_masks_special_tokens():
+    torch.manual_seed(0)
+    cfg = small_config().text
+    ids = torch.randint(4, VOCAB, (512, 20))
+    ids[:, 0], ids[:, 15] = cfg.cls_token_id, cfg.sep_token_id
+    ids[:, 16:] = cfg.pad_token_id
+    mask = (ids != cfg.pad_token_id).long()
+    masked, labels = mask_tokens(ids, mask, cfg, probability=0.5)
+    chosen = labels != IGNORE_INDEX
+    assert not chosen[:, [0, 15, 16, 17, 18, 19]].any()
+    assert torch.equal(labels[chosen], ids[chosen])
+    assert torch.equal(masked[~chosen], ids[~chosen])
+    rate = chosen[:, 1:15].float().mean().item()
+    assert 0.45 < rate < 0.55
+    to_mask_token = (masked[chosen] == cfg.mask_token_id).float().mean().item()
+    unchanged = (masked[chosen] == ids[chosen]).float().mean().item()
+    # 80% [MASK], 10% random token, 10% unchanged (+ random draws of the same token)
+    assert 0.77 < to_mask_token < 0.83 and 0.07 < unchanged < 0.13
+
+
+def test_temperature_is_clamped():
+    model = SViTT(small_config())
+    with torch.no_grad():
+        model.temp.fill_(3.0)
+    model(make_batch())
+    assert model.temp.item() == 0.5
+    assert "temp" in model.no_weight_decay()
+
+
+def test_common_api_shapes():
+    torch.manual_seed(0)
+    model = SViTT(small_config()).eval()
+    batch = make_batch(batch=3)
+    video = model.encode_video(batch["video"])
+    text = model.encode_text(batch["text_ids"], batch["text_mask"])
+    assert video.tokens.shape == (3, 1 + 12, 32)  # 16 patches, q_v = 0.75 after layer 0
+    assert video.positions.shape == (3, 12)
+    torch.testing.assert_close(video.embed.norm(dim=-1), torch.ones(3))
+    torch.testing.assert_close(text.embed.norm(dim=-1), torch.ones(3))
+    assert text.hidden.shape == (3, 8, 24)
+    logits = model.match_logits(video.tokens, text.hidden, batch["text_mask"])
+    assert logits.shape == (3,)
+    fused = model.fuse(video.tokens, text.hidden, batch["text_mask"], video.positions)
+    assert fused.video_tokens_seen == [12, 6]
+    for row in range(3):
+        assert set(fused.kept[0][row].tolist()) <= set(video.positions[row].tolist())
+
+
+def test_vtm_needs_two_videos():
+    model = SViTT(small_config(loss_weights={"vtm": 1.0}))
+    batch = make_batch(batch=2) | {"video_id": torch.tensor([3, 3])}
+    with pytest.raises(ValueError, match="at least two different videos"):
+        model(batch)
