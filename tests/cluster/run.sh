@@ -4,10 +4,11 @@
 # memory) once it has written a resumable last.pt. The run must retry that job with twice the
 # memory, the retry must resume at a step > 0, and the tables must equal those of a local run.
 #
-#   tests/cluster/run.sh [--reference TABLES_DIR] [--configfile FILE] [--no-fault] [--keep]
+#   tests/cluster/run.sh [--reference TABLES_DIR] [--configfile FILE...] [--no-fault] [--keep]
 #
 #   --reference DIR   tables of a local run of the same config (default: run it here first)
-#   --configfile F    the DAG's config (default .test/config.yaml)
+#   --configfile F..  the DAG's config files, relative to the repository
+#                     (default: workflow/config/default.yaml .test/config.yaml)
 #   --no-fault        no SIGKILL, only check the tables
 #   --keep            keep the work directories (printed) instead of removing them
 #
@@ -20,7 +21,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 CLUSTER="$ROOT/tests/cluster/cluster.sh"
 VENV_BIN="$ROOT/.venv/bin"
-CONFIGFILE=.test/config.yaml
+CONFIGFILES=(workflow/config/default.yaml .test/config.yaml)
 REFERENCE=""
 FAULT=1
 KEEP=0
@@ -38,16 +39,26 @@ say() { echo "run.sh: $*" >&2; }
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --reference) REFERENCE="$(cd "$2" && pwd)" && shift 2 ;;
-        --configfile) CONFIGFILE="$2" && shift 2 ;;
+        --configfile)
+            CONFIGFILES=()
+            shift
+            while [[ $# -gt 0 && "$1" != --* ]]; do
+                CONFIGFILES+=("$1")
+                shift
+            done
+            ;;
         --no-fault) FAULT=0 && shift ;;
         --keep) KEEP=1 && shift ;;
-        -h | --help) sed -n '2,17p' "$0" && exit 0 ;;
+        -h | --help) sed -n '2,18p' "$0" && exit 0 ;;
         *) die "unknown argument $1 (see --help)" ;;
     esac
 done
 
 [[ -x "$VENV_BIN/snakemake" ]] || die "$VENV_BIN/snakemake not found: run 'make venv' first"
-[[ -f "$ROOT/$CONFIGFILE" ]] || die "config $ROOT/$CONFIGFILE not found"
+[[ ${#CONFIGFILES[@]} -gt 0 ]] || die "--configfile needs at least one file"
+for f in "${CONFIGFILES[@]}"; do
+    [[ -f "$ROOT/$f" ]] || die "config file $ROOT/$f not found"
+done
 export PATH="$VENV_BIN:$PATH" # the jobs inherit it (sbatch --export=ALL)
 
 TMP="$(mktemp -d /tmp/svitt-cluster.XXXXXX)"
@@ -90,11 +101,11 @@ tables_dir() { # the one results/<profile>/tables directory of a work dir
 
 # ---- the local reference -------------------------------------------------------------------
 if [[ -z "$REFERENCE" ]]; then
-    say "local reference run of $CONFIGFILE"
+    say "local reference run of ${CONFIGFILES[*]}"
     copy_tree "$TMP/local"
     start=$SECONDS
     (cd "$TMP/local" && timeout -s INT "$DAG_TIMEOUT" snakemake --cores all \
-        --configfile "$CONFIGFILE" "$TARGET" >"$TMP/local.log" 2>&1) ||
+        --configfile "${CONFIGFILES[@]}" -- "$TARGET" >"$TMP/local.log" 2>&1) ||
         {
             tail -n 40 "$TMP/local.log" >&2
             die "local run failed (log above)"
@@ -175,10 +186,10 @@ fi
 say "DAG through workflow/profiles/slurm"
 start=$SECONDS
 (cd "$WORK" && SVITT_SLURM_GPUS=0 timeout -s INT "$DAG_TIMEOUT" snakemake \
-    --profile workflow/profiles/slurm --configfile "$CONFIGFILE" \
+    --profile workflow/profiles/slurm --configfile "${CONFIGFILES[@]}" \
     --slurm-status-command squeue --slurm-no-account \
     --slurm-init-seconds-before-status-checks "$INIT_WAIT" \
-    --slurm-keep-successful-logs "$TARGET" >"$TMP/cluster.log" 2>&1) ||
+    --slurm-keep-successful-logs -- "$TARGET" >"$TMP/cluster.log" 2>&1) ||
     {
         tail -n 60 "$TMP/cluster.log" >&2
         die "SLURM run failed (log above)"
@@ -190,7 +201,7 @@ if [[ $FAULT -eq 1 ]]; then
     wait "$WATCHER_PID" || die "fault injection did not complete"
     WATCHER_PID=""
     [[ -f "$TMP/fault" ]] || die "no training job was killed: none had a last.pt before it" \
-        "finished (lower optim.checkpoint_every in $CONFIGFILE)"
+        "finished (lower optim.checkpoint_every in the config)"
     IFS='|' read -r killed mem1 _ rel < <(sed -n 's/^killed=//p' "$TMP/fault")
     IFS='|' read -r retried mem2 _ < <(sed -n 's/^retry=//p' "$TMP/fault")
     [[ -n "$retried" ]] || die "job $killed was not retried"
