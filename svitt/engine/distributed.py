@@ -83,7 +83,18 @@ def gather_with_grad(tensor: Tensor) -> Tensor:
         return tensor
     from torch.distributed.nn.functional import all_gather
 
-    return torch.cat(all_gather(tensor), dim=0)
+    # A training batch shrinks when its bad videos are dropped; all_gather needs equal shapes.
+    sizes = [
+        torch.zeros(1, dtype=torch.long, device=tensor.device) for _ in range(dist.get_world_size())
+    ]
+    dist.all_gather(sizes, torch.tensor([len(tensor)], device=tensor.device))
+    counts = [int(size) for size in sizes]
+    padded = tensor
+    if len(tensor) < max(counts):
+        pad = tensor.new_zeros((max(counts) - len(tensor), *tensor.shape[1:]))
+        padded = torch.cat([tensor, pad])
+    parts = all_gather(padded)
+    return torch.cat([part[:count] for part, count in zip(parts, counts, strict=True)], dim=0)
 
 
 def mean_across_ranks(value: Tensor) -> Tensor:

@@ -1,0 +1,56 @@
+"""`svitt pretrain`: VTC + VTM + MLM on the caption datasets of `data.train`.
+
+Starts from `--init-from` (a checkpoint of any clip length; inflated to this one), else from
+`model.weights` (image weights are inflated to video by the model factory), else from scratch.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from svitt.config import RunConfig
+from svitt.engine import runner
+from svitt.engine.distributed import gather_with_grad
+
+
+def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
+    runner.add_common_arguments(parser, training=True)
+
+
+def check(cfg: RunConfig) -> None:
+    runner.check_datasets(cfg, cfg.data.train, ["pretrain", "retrieval"], "train")
+
+
+def run(args: argparse.Namespace) -> int:
+    return runner.guarded("pretrain", lambda: _run(args))
+
+
+def _run(args: argparse.Namespace) -> int:
+    from svitt.data.datasets import clip_loader, collator, text_video_dataset
+    from svitt.models.factory import create_model
+
+    run = runner.start_run(args, "pretrain", check)
+    if run is None:
+        return 0
+    cfg = run.cfg
+    model = create_model(cfg.model)
+    if run.init_from is not None:
+        runner.load_into(model, run.init_from, cfg.model, prefix="vision.")
+    clips = clip_loader(cfg, train=True)
+    dataset = text_video_dataset(cfg.data.root, cfg.data.train, "train", clips)
+    summary = runner.train(
+        run,
+        model,
+        dataset,
+        collator(cfg, run.tokenizer, clips),
+        lambda m, batch: m(batch, gather=gather_with_grad),
+        args.max_steps_this_run,
+    )
+    if summary is None:
+        return 0
+    metrics = runner.base_metrics(run, cfg.model, overrides={})
+    metrics.update(summary.as_metrics())
+    metrics["num_videos"] = len(dataset.videos)
+    metrics["num_pairs"] = len(dataset)
+    runner.finish_run(run, metrics, training=True)
+    return 0

@@ -1,0 +1,190 @@
+"""Text-to-video retrieval: `eval-retrieval` (zero-shot) and `finetune-retrieval`.
+
+Every test video is ranked by the VTC similarity of its embedding to the query's; with a
+matching head the top `eval.k_test` are re-scored by VTM and ranked above the rest by that
+score (Frozen ranks by cosine similarity alone). A query hits at k when any of its positive
+videos is among the first k (SSv2-Label captions have several). DiDeMo queries are whole
+paragraphs (the data layer joins the sentences). Ties are broken by video order, so the
+metrics are deterministic.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from svitt.config import RunConfig
+from svitt.engine import runner
+from svitt.engine.distributed import gather_with_grad
+
+KS = (1, 5, 10)
+
+
+# --- metrics (pure) ---------------------------------------------------------------------------
+
+
+def positive_ranks(scores: Tensor, positives: Sequence[Sequence[int] | frozenset[int]]) -> Tensor:
+    """0-based rank [Q] of each query's best-ranked positive video (higher score first,
+    ties in video order)."""
+    if scores.shape[0] != len(positives):
+        raise ValueError(f"{scores.shape[0]} score rows for {len(positives)} queries")
+    if any(len(p) == 0 for p in positives):
+        raise ValueError("every query needs at least one positive video")
+    order = scores.argsort(dim=1, descending=True, stable=True)
+    rank_of = torch.empty_like(order)
+    rank_of.scatter_(1, order, torch.arange(scores.shape[1]).expand_as(order).contiguous())
+    return torch.stack([rank_of[q, sorted(p)].min() for q, p in enumerate(positives)])
+
+
+def recall_metrics(
+    scores: Tensor, positives: Sequence[Sequence[int] | frozenset[int]], ks: Sequence[int] = KS
+) -> dict[str, float]:
+    """R@k in percent for each k, their mean ("mean_recall"), and the median rank (1-based)."""
+    ranks = positive_ranks(scores, positives)
+    out = {f"r{k}": 100.0 * (ranks < k).double().mean().item() for k in ks}
+    out["mean_recall"] = sum(out[f"r{k}"] for k in ks) / len(ks)
+    out["median_rank"] = float((ranks + 1).double().median().item())
+    return out
+
+
+def rerank_top_k(similarity: Tensor, top_index: Tensor, top_scores: Tensor) -> Tensor:
+    """Scores [Q, V] where each query's re-scored candidates (`top_index` [Q, k], their
+    `top_scores`) rank above all others by that score; the others keep their similarity order."""
+    floor = top_scores.min(dim=1, keepdim=True).values - 1.0
+    rest = similarity - similarity.max(dim=1, keepdim=True).values + floor
+    return rest.scatter(1, top_index, top_scores.to(rest.dtype))
+
+
+# --- evaluation -------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def evaluate(run: runner.Run, model: nn.Module, cfg: RunConfig) -> dict[str, Any]:
+    """Retrieval metrics of `model` on the test split of `cfg.data.dataset`."""
+    from svitt.data.datasets import retrieval_eval
+
+    env = run.env
+    data = retrieval_eval(cfg, run.tokenizer)
+    model.eval().to(env.device)
+    video_embeds, video_tokens, kept = [], [], []
+    for batch in runner.progress(env, iterable=data.videos, desc="encode videos", unit="batch"):
+        with runner.autocast(env):
+            encoded = model.encode_video(batch["video"].to(env.device))
+        video_embeds.append(encoded.embed.float())
+        video_tokens.append(encoded.tokens)
+        kept.append(batch["video_id"])
+    kept_ids = torch.cat(kept).tolist()
+    row_of = {video: row for row, video in enumerate(kept_ids)}
+    queries = [
+        (q, [row_of[v] for v in sorted(truth) if v in row_of])
+        for q, truth in enumerate(data.data.ground_truth)
+    ]
+    # A query whose positives were all unreadable cannot be scored (only with allow_bad).
+    queries = [(q, p) for q, p in queries if p]
+    query_index = torch.tensor([q for q, _ in queries], dtype=torch.long)
+    positives = [p for _, p in queries]
+    video_embed = torch.cat(video_embeds)
+    tokens = torch.cat(video_tokens)
+
+    text_embeds, text_hidden = [], []
+    ids_all = data.text_ids[query_index].to(env.device)
+    mask_all = data.text_mask[query_index].to(env.device)
+    for start in range(0, len(ids_all), cfg.eval.batch_size):
+        ids = ids_all[start : start + cfg.eval.batch_size]
+        mask = mask_all[start : start + cfg.eval.batch_size]
+        with runner.autocast(env):
+            encoded = model.encode_text(ids, mask)
+        text_embeds.append(encoded.embed.float())
+        text_hidden.append(encoded.hidden)
+    similarity = torch.cat(text_embeds) @ video_embed.T
+    scores = similarity
+    if model.has_matching_head:
+        hidden = torch.cat(text_hidden)
+        k = min(cfg.eval.k_test, similarity.shape[1])
+        top_index = similarity.topk(k, dim=1).indices
+        top_scores = torch.empty(top_index.shape, device=similarity.device)
+        bar = runner.progress(env, total=len(top_index), desc="VTM re-rank", unit="query")
+        per_chunk = max(1, cfg.eval.batch_size // k)
+        for start in range(0, len(top_index), per_chunk):
+            rows = torch.arange(start, min(start + per_chunk, len(top_index)), device=hidden.device)
+            videos = top_index[rows].flatten()
+            texts = rows.repeat_interleave(k)
+            with runner.autocast(env):
+                logits = model.match_logits(tokens[videos], hidden[texts], mask_all[texts])
+            top_scores[rows] = logits.float().view(len(rows), k)
+            bar.update(len(rows))
+        bar.close()
+        scores = rerank_top_k(similarity, top_index, top_scores)
+    metrics = recall_metrics(scores.cpu(), positives)
+    run.skipped.extend(data.videos.skipped)
+    metrics["num_queries"] = len(positives)
+    metrics["num_videos"] = len(kept_ids)
+    metrics["k_test"] = cfg.eval.k_test if model.has_matching_head else 0
+    return metrics
+
+
+# --- stages -----------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
+    runner.add_common_arguments(parser, training=command == "finetune-retrieval")
+
+
+def run(args: argparse.Namespace) -> int:
+    return runner.guarded(args.command, lambda: _run(args, args.command))
+
+
+def check_test(cfg: RunConfig) -> None:
+    runner.check_datasets(
+        cfg, [cfg.data.dataset] if cfg.data.dataset else [], ["retrieval"], "test"
+    )
+
+
+def check_train(cfg: RunConfig) -> None:
+    check_test(cfg)
+    runner.check_datasets(cfg, [cfg.data.dataset], ["retrieval"], "train")
+
+
+def _run(args: argparse.Namespace, stage: str) -> int:
+    from svitt.data.datasets import clip_loader, collator, text_video_dataset
+    from svitt.models.factory import create_model
+
+    training = stage == "finetune-retrieval"
+    run = runner.start_run(args, stage, check_train if training else check_test)
+    if run is None:
+        return 0
+    cfg = run.cfg
+    if training:
+        model = create_model(cfg.model)
+        if run.init_from is not None:
+            runner.load_into(model, run.init_from, cfg.model, prefix="vision.")
+        clips = clip_loader(cfg, train=True)
+        dataset = text_video_dataset(cfg.data.root, [cfg.data.dataset], "train", clips)
+        summary = runner.train(
+            run,
+            model,
+            dataset,
+            collator(cfg, run.tokenizer, clips),
+            lambda m, batch: m(batch, gather=gather_with_grad),
+            args.max_steps_this_run,
+        )
+        if summary is None:
+            return 0
+        trained = model.state_dict()
+    model_cfg, overrides = runner.eval_model_config(cfg)
+    eval_model = create_model(model_cfg)
+    if training:
+        weights = runner.resized(trained, cfg.model.vision.num_frames, model_cfg, "vision.")
+        runner.load_strict(eval_model, weights, "the fine-tuned model")
+    else:
+        runner.load_into(eval_model, run.init_from, model_cfg, prefix="vision.")
+    metrics = runner.base_metrics(run, model_cfg, overrides)
+    metrics.update(evaluate(run, eval_model, cfg))
+    if training:
+        metrics.update(summary.as_metrics())
+    runner.finish_run(run, metrics, training)
+    return 0

@@ -1,0 +1,605 @@
+"""What every stage shares: its options, the run directory, the training loop, the results.
+
+A stage is `start_run` (config, checks, resume/finished detection, DDP, logging, MLflow),
+then its own model and data, `train` (resumable) and/or its evaluation, then `finish_run`
+(checkpoint.pt, metrics.json, artifacts). The training loop reads top to bottom like
+nanoGPT's: one optimizer step per `grad_accum` micro-batches, cosine schedule per step,
+a resumable `last.pt` every `optim.checkpoint_every` steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import math
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from svitt.config import ConfigError, ModelConfig, RunConfig, asdict, flatten, load_config
+from svitt.config import parse_override as parse_override_text
+from svitt.engine import distributed as dist_utils
+from svitt.engine.checkpoint import (
+    CHECKPOINT,
+    LAST,
+    METRICS,
+    atomic_write,
+    finished_run,
+    load_checkpoint,
+    rng_state,
+    run_identity,
+    save_checkpoint,
+    save_json,
+    seed_everything,
+    set_rng_state,
+)
+from svitt.engine.distributed import DistEnv, epoch_batches
+from svitt.engine.optim import build_optimizer, build_scheduler
+from svitt.engine.tracking import Tracker, TrackingError, git_commit
+
+log = logging.getLogger("svitt.engine")
+
+LOG_FILE = "log.txt"
+RESOLVED_CONFIG = "resolved_config.yaml"
+LossFn = Callable[[nn.Module, dict[str, Any]], dict[str, Tensor]]
+
+
+class StageError(RuntimeError):
+    """A stage cannot run as asked; the message says what to change."""
+
+
+# --- options and config -----------------------------------------------------------------------
+
+
+def add_common_arguments(parser: argparse.ArgumentParser, training: bool) -> None:
+    parser.add_argument("--config", required=True, type=Path, help="run config (YAML or JSON)")
+    parser.add_argument(
+        "--out",
+        required=True,
+        type=Path,
+        help="run directory: metrics.json, log.txt, and for training stages checkpoint.pt "
+        "(final) and last.pt (resumable)",
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one config value, dotted key and YAML value, e.g. "
+        "eval.frame_order=shuffle (repeatable, applied in order)",
+    )
+    parser.add_argument(
+        "--init-from",
+        type=Path,
+        default=None,
+        required=not training,
+        metavar="CKPT",
+        help="checkpoint.pt to start from"
+        + (
+            " (another clip length is inflated; default: model.weights or scratch)"
+            if training
+            else " (the model to evaluate; another clip length is inflated)"
+        ),
+    )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="overwrite a finished run in --out whose config differs"
+        + (", and ignore its last.pt instead of resuming" if training else ""),
+    )
+    if training:
+        parser.add_argument(
+            "--max-steps-this-run",
+            type=int,
+            default=None,
+            metavar="N",
+            help="stop after N optimizer steps, leaving a resumable last.pt (rerun to resume)",
+        )
+
+
+def resolve_config(args: argparse.Namespace) -> RunConfig:
+    return load_config(args.config, *(parse_override_text(text) for text in args.overrides))
+
+
+def with_tokenizer(cfg: RunConfig, tokenizer: Any) -> RunConfig:
+    """Vocabulary size and special token ids come from the run's tokenizer, not the config."""
+    ids = {
+        "pad_token_id": tokenizer.pad_token_id,
+        "cls_token_id": tokenizer.cls_token_id,
+        "sep_token_id": tokenizer.sep_token_id,
+        "mask_token_id": tokenizer.mask_token_id,
+    }
+    missing = [name for name, value in ids.items() if value is None]
+    if missing:
+        raise ConfigError(
+            f"data.tokenizer: {cfg.data.tokenizer} defines no {', '.join(missing)}; allowed: "
+            "a BERT-style tokenizer with [PAD], [CLS], [SEP] and [MASK]"
+        )
+    text = dataclasses.replace(cfg.model.text, vocab_size=len(tokenizer), **ids)
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, text=text))
+
+
+def eval_model_config(cfg: RunConfig) -> tuple[ModelConfig, dict[str, Any]]:
+    """The model to evaluate with the eval overrides applied, and the overrides used.
+
+    Overrides change the model's config (keep rate, token order, clip length); the weights
+    are then loaded (and inflated) into that model, so no forward-time flag exists.
+    """
+    ev, model = cfg.eval, cfg.model
+    overrides: dict[str, Any] = {"frame_order": ev.frame_order}
+    sparsity, vision = model.sparsity, model.vision
+    if ev.visual_keep_rate is not None:
+        sparsity = dataclasses.replace(sparsity, visual_keep_rate=ev.visual_keep_rate)
+        overrides["visual_keep_rate"] = ev.visual_keep_rate
+    if ev.token_order is not None:
+        sparsity = dataclasses.replace(sparsity, token_order=ev.token_order)
+        overrides["token_order"] = ev.token_order
+    if ev.num_frames is not None:
+        vision = dataclasses.replace(vision, num_frames=ev.num_frames)
+        overrides["num_frames"] = ev.num_frames
+    try:
+        return dataclasses.replace(model, sparsity=sparsity, vision=vision), overrides
+    except ConfigError as err:
+        raise ConfigError(f"eval overrides {overrides}: model.{err}") from None
+
+
+# --- weights -----------------------------------------------------------------------------------
+
+
+def checkpoint_frames(state: Mapping[str, Any], path: Path) -> int:
+    try:
+        return int(state["config"]["model"]["vision"]["num_frames"])
+    except (KeyError, TypeError):
+        raise StageError(f"{path}: checkpoint records no config.model.vision.num_frames") from None
+
+
+def resized(
+    weights: Mapping[str, Tensor], src_frames: int, model_cfg: ModelConfig, prefix: str
+) -> dict[str, Tensor]:
+    """`weights` of a `src_frames` model resized to `model_cfg`'s clip length if it differs
+    (4 -> 8 -> 16 progressive training; evaluation with another number of frames).
+    `prefix` names the visual encoder in the state dict."""
+    from svitt.models.inflate import inflate_state_dict
+
+    dst_frames = model_cfg.vision.num_frames
+    if src_frames == dst_frames:
+        return dict(weights)
+    _, h, w = model_cfg.vision.grid
+    log.info("inflating weights from %d to %d frames", src_frames, dst_frames)
+    return inflate_state_dict(dict(weights), src_frames, dst_frames, (h, w), prefix=prefix)
+
+
+def load_strict(model: nn.Module, weights: Mapping[str, Tensor], source: str | Path) -> None:
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    if missing or unexpected:
+        raise StageError(
+            f"{source} does not fit the configured model: {len(missing)} missing weights "
+            f"(e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]}); "
+            "check model.arch and the model shape against the checkpoint's config"
+        )
+
+
+def checkpoint_weights(path: Path, model_cfg: ModelConfig, prefix: str) -> dict[str, Tensor]:
+    """The model weights of checkpoint `path`, inflated to `model_cfg`'s clip length."""
+    state = load_checkpoint(path)
+    return resized(state["model"], checkpoint_frames(state, path), model_cfg, prefix)
+
+
+def load_into(model: nn.Module, path: Path, model_cfg: ModelConfig, prefix: str) -> None:
+    load_strict(model, checkpoint_weights(path, model_cfg, prefix), path)
+
+
+def autocast(env: DistEnv) -> Any:
+    """bf16 on GPU; full precision on CPU (where bf16 matmuls are slow and inexact)."""
+    if env.device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+# --- input checks (before any work) ------------------------------------------------------------
+
+
+def check_datasets(cfg: RunConfig, names: Sequence[str], tasks: Sequence[str], split: str) -> None:
+    """Each dataset is registered for one of `tasks` and its annotation file exists."""
+    from svitt.data.annotations import REGISTRY, dataset_paths
+
+    allowed = [name for name, spec in REGISTRY.items() if spec.task in tasks]
+    key = "data.dataset" if len(tasks) == 1 and tasks[0] != "pretrain" else "data.train"
+    if not names:
+        raise ConfigError(f"{key}: got nothing; allowed: {allowed}")
+    for name in names:
+        if name not in allowed:
+            raise ConfigError(f"{key}: got {name!r}; allowed: {allowed}")
+        annotation = dataset_paths(cfg.data.root, name).annotation(split)  # type: ignore[arg-type]
+        if not annotation.is_file():
+            raise FileNotFoundError(
+                f"{key} {name!r}: annotation file not found: {annotation} (data.root: "
+                f"{cfg.data.root})"
+            )
+
+
+# --- the run ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    stage: str
+    cfg: RunConfig
+    out: Path
+    env: DistEnv
+    tokenizer: Any
+    identity: dict[str, Any]
+    tracker: Tracker
+    init_from: Path | None
+    skipped: list[str] = field(default_factory=list)
+    resume_state: dict[str, Any] | None = None
+
+
+def start_run(
+    args: argparse.Namespace, stage: str, check: Callable[[RunConfig], None]
+) -> Run | None:
+    """Everything before the work: config and input checks, tokenizer ids, finished/resume
+    detection, process group, log file, MLflow. None if --out already holds this run."""
+    from svitt.data.datasets import load_tokenizer
+
+    cfg = resolve_config(args)
+    check(cfg)
+    if args.init_from is not None and not args.init_from.is_file():
+        raise FileNotFoundError(f"--init-from: checkpoint not found: {args.init_from}")
+    tokenizer = load_tokenizer(cfg.data.tokenizer)
+    cfg = with_tokenizer(cfg, tokenizer)
+    out: Path = args.out
+    source = str(args.init_from) if args.init_from is not None else None
+    identity = run_identity(stage, asdict(cfg), source)
+    training = hasattr(args, "max_steps_this_run")
+    if not args.force and finished_run(out, identity, needs_checkpoint=training):
+        print(f"svitt {stage}: {out} already holds this finished run; nothing to do")
+        return None
+    resume_state = _resume_state(out / LAST, identity, args.force) if training else None
+
+    env = dist_utils.init_distributed(cfg.device)
+    _setup_logging(out, env)
+    seed_everything(cfg.seed + env.rank)
+    resume_id = resume_state.get("tracking_run_id") if resume_state else None
+    tracker = Tracker.start(
+        cfg.tracking,
+        run_name=f"{stage}:{out}",
+        params=flatten(asdict(cfg)),
+        tags=_tags(stage, cfg, out, source),
+        enabled=env.is_main,
+        resume_run_id=resume_id,
+    )
+    log.info(
+        "svitt %s -> %s (%s, world size %d)%s",
+        stage,
+        out,
+        env.device,
+        env.world_size,
+        f", resuming at step {resume_state['step']}" if resume_state else "",
+    )
+    run = Run(stage, cfg, out, env, tokenizer, identity, tracker, args.init_from, [], resume_state)
+    _ACTIVE.append(run)
+    return run
+
+
+def _resume_state(last: Path, identity: Mapping[str, Any], force: bool) -> dict[str, Any] | None:
+    if not last.is_file() or force:
+        return None
+    state = load_checkpoint(last)
+    if state.get("identity") != identity:
+        raise FileExistsError(
+            f"{last} belongs to a run with a different stage, config or starting checkpoint; "
+            "pass --force to start over (it will be replaced) or use another --out"
+        )
+    return state
+
+
+def _setup_logging(out: Path, env: DistEnv) -> None:
+    root = logging.getLogger()
+    if not env.is_main:
+        root.setLevel(logging.WARNING)
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(out / LOG_FILE)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
+    if root.level > logging.INFO or root.level == logging.NOTSET:
+        root.setLevel(logging.INFO)
+
+
+def _tags(stage: str, cfg: RunConfig, out: Path, source: str | None) -> dict[str, str]:
+    sp = cfg.model.sparsity
+    sparsity = (
+        f"{sp.attention} K_l={sp.local_blocks} K_r={sp.random_blocks} G={sp.block_size} "
+        f"q_v={sp.visual_keep_rate} q_m={sp.cross_keep_rate} order={sp.token_order}"
+    )
+    tags = {
+        "stage": stage,
+        "arch": cfg.model.arch,
+        "sparsity": sparsity,
+        "num_frames": str(cfg.model.vision.num_frames),
+        "dataset": cfg.data.dataset or "+".join(cfg.data.train),
+        "git_commit": git_commit(),
+        "out": str(out),
+        "init_from": source or "",
+    }
+    return {**tags, **cfg.tags}
+
+
+USER_ERRORS = (ConfigError, FileNotFoundError, FileExistsError, KeyError, StageError, TrackingError)
+_ACTIVE: list[Run] = []  # this process's run, so that a crash marks its MLflow run failed
+
+
+def guarded(stage: str, body: Callable[[], int]) -> int:
+    """Run a stage; a user error becomes one clear line and exit status 2, not a traceback."""
+    try:
+        return body()
+    except USER_ERRORS as err:
+        _abort_active()
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"svitt {stage}: error: {message}", file=sys.stderr)
+        return 2
+    except BaseException:
+        _abort_active()
+        raise
+    finally:
+        dist_utils.shutdown()
+
+
+def _abort_active() -> None:
+    while _ACTIVE:
+        _ACTIVE.pop().tracker.finish("FAILED")
+
+
+# --- training ---------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainSummary:
+    steps: int
+    epochs: list[dict[str, float]]  # mean losses of each epoch, in order
+
+    def as_metrics(self) -> dict[str, Any]:
+        first, final = self.epochs[0], self.epochs[-1]
+        return {
+            "train_steps": self.steps,
+            "train_loss_first_epoch": first,
+            "train_loss_last_epoch": final,
+            "train_loss_per_epoch": self.epochs,
+        }
+
+
+def to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
+    return {
+        k: v.to(device, non_blocking=True) if isinstance(v, Tensor) else v for k, v in batch.items()
+    }
+
+
+def progress(env: DistEnv, **kwargs: Any) -> tqdm:
+    """Rate and ETA on a terminal; silent in log files and on ranks other than 0."""
+    quiet = not env.is_main or not sys.stderr.isatty()
+    return tqdm(disable=quiet, dynamic_ncols=True, mininterval=1.0, **kwargs)
+
+
+def train(
+    run: Run,
+    model: nn.Module,
+    dataset: Dataset,
+    collate: Callable,
+    loss_fn: LossFn,
+    max_steps_this_run: int | None = None,
+) -> TrainSummary | None:
+    """Train `model` in place; None when stopped early by `max_steps_this_run` (last.pt holds
+    the state to resume from). The data order of epoch e is a permutation seeded by (seed, e),
+    so a resumed run skips exactly the micro-batches it already did."""
+    cfg, env, opt = run.cfg, run.env, run.cfg.optim
+    micro_per_epoch = len(
+        epoch_batches(len(dataset), opt.batch_size, cfg.seed, 0, 0, env.world_size)
+    )
+    steps_per_epoch = micro_per_epoch // opt.grad_accum
+    if steps_per_epoch < 1:
+        raise ConfigError(
+            f"optim.grad_accum: got {opt.grad_accum}; allowed: at most the {micro_per_epoch} "
+            f"batches of {opt.batch_size} in one epoch"
+        )
+    total = steps_per_epoch * opt.epochs
+    model.to(env.device)
+    optimizer = build_optimizer(model, opt)
+    scheduler = build_scheduler(optimizer, round(opt.warmup_epochs * steps_per_epoch), total)
+    step, epochs, sums, count = 0, [], {}, 0
+    if run.resume_state is not None:
+        state = run.resume_state
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        step, epochs = state["step"], list(state["epochs"])
+        sums, count = dict(state["epoch_sums"]), state["epoch_count"]
+        run.skipped.extend(state["skipped"])
+        rng = state["rng"]
+        if len(rng) != env.world_size:
+            raise StageError(
+                f"{run.out / LAST} was written by {len(rng)} processes, this run has "
+                f"{env.world_size}; resume with the same number or pass --force"
+            )
+        set_rng_state(rng[env.rank])
+    ddp = model
+    if env.distributed:
+        ddp = nn.parallel.DistributedDataParallel(
+            model,
+            device_ids=[env.device.index] if env.device.type == "cuda" else None,
+            find_unused_parameters=True,
+        )
+    stop_at = total if max_steps_this_run is None else min(total, step + max_steps_this_run)
+    bar = progress(env, total=total, initial=step, desc=f"{run.stage} train", unit="step")
+    while step < stop_at:
+        epoch = step // steps_per_epoch
+        batches = epoch_batches(
+            len(dataset), opt.batch_size, cfg.seed, epoch, env.rank, env.world_size
+        )
+        batches = batches[: steps_per_epoch * opt.grad_accum]
+        done = (step % steps_per_epoch) * opt.grad_accum
+        dataset.set_epoch(epoch)
+        loader = DataLoader(
+            dataset,
+            batch_sampler=batches[done:],
+            collate_fn=collate,
+            num_workers=cfg.data.num_workers,
+            # Worker seeds from this generator, not the global RNG: a resumed run that builds
+            # its loader mid-epoch draws the same random numbers as an uninterrupted one.
+            generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch),
+        )
+        ddp.train()
+        step_losses: dict[str, Tensor] = {}
+        for micro, batch in enumerate(loader, start=done):
+            run.skipped.extend(batch["skipped"])
+            if len(batch["video"]) == 0:
+                raise StageError(
+                    f"every video of a training batch failed to load: {batch['skipped']}"
+                )
+            batch = to_device(batch, env.device)
+            boundary = (micro + 1) % opt.grad_accum == 0
+            sync = nullcontext() if boundary or not env.distributed else ddp.no_sync()
+            with sync:
+                with autocast(env):
+                    losses = loss_fn(ddp, batch)
+                (losses["loss"] / opt.grad_accum).backward()
+            for name, value in losses.items():
+                step_losses[name] = (
+                    step_losses.get(name, 0.0) + value.detach().float() / opt.grad_accum
+                )
+            if not boundary:
+                continue
+            if opt.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), opt.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            names = sorted(step_losses)
+            means = dist_utils.mean_across_ranks(torch.stack([step_losses[n] for n in names]))
+            logged = dict(zip(names, means.tolist(), strict=True))
+            step_losses = {}
+            for name, value in logged.items():
+                sums[name] = sums.get(name, 0.0) + value
+            count += 1
+            check_finite(logged["loss"], f"training loss at step {step}")
+            lr = scheduler.get_last_lr()[0]
+            run.tracker.log_metrics(
+                {**{f"train/{k}": v for k, v in logged.items()}, "lr": lr}, step
+            )
+            bar.update(1)
+            bar.set_postfix(loss=f"{logged['loss']:.4f}", lr=f"{lr:.2e}")
+            if step % steps_per_epoch == 0:
+                epochs.append({name: total_ / count for name, total_ in sums.items()})
+                sums, count = {}, 0
+                log.info(
+                    "epoch %d/%d  step %d/%d  %s  lr %.3g  skipped videos %d",
+                    epoch + 1,
+                    opt.epochs,
+                    step,
+                    total,
+                    "  ".join(f"{k} {v:.4f}" for k, v in sorted(epochs[-1].items())),
+                    lr,
+                    len(run.skipped),
+                )
+            if step % opt.checkpoint_every == 0 or step == stop_at:
+                state = {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "step": step,
+                    "data": {"epoch": step // steps_per_epoch, "steps_per_epoch": steps_per_epoch},
+                    "epochs": epochs,
+                    "epoch_sums": sums,
+                    "epoch_count": count,
+                    "skipped": run.skipped,
+                    "rng": dist_utils.gather_objects(rng_state()),
+                    "config": asdict(run.cfg),
+                    "identity": run.identity,
+                    "stage": run.stage,
+                    "tracking_run_id": run.tracker.run_id,
+                }
+                if env.is_main:
+                    save_checkpoint(run.out / LAST, state)
+                dist_utils.barrier()
+                run.resume_state = state
+            if step >= stop_at:
+                break
+    bar.close()
+    if step < total:
+        log.info("stopped after step %d of %d; rerun the same command to resume", step, total)
+        run.tracker.flush()
+        return None
+    run.skipped = _all_ranks(run.skipped)
+    return TrainSummary(total, epochs)
+
+
+def _all_ranks(items: list[str]) -> list[str]:
+    return sorted({item for rank_items in dist_utils.gather_objects(items) for item in rank_items})
+
+
+# --- results ----------------------------------------------------------------------------------
+
+
+def base_metrics(run: Run, model_cfg: ModelConfig, overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields every metrics.json has besides the metrics themselves."""
+    from svitt.sparsity import count_edges
+
+    metrics: dict[str, Any] = {
+        "stage": run.stage,
+        "dataset": run.cfg.data.dataset or "+".join(run.cfg.data.train),
+        "arch": model_cfg.arch,
+        "num_frames": model_cfg.vision.num_frames,
+        "sparsity": asdict(model_cfg.sparsity),
+        "overrides": dict(overrides),
+    }
+    if model_cfg.arch != "singularity":
+        edges = count_edges(model_cfg, run.cfg.data.text_max_len)
+        metrics["edges"] = edges.edges
+        metrics["edge_sparsity"] = edges.sparsity
+    return metrics
+
+
+def finish_run(run: Run, metrics: dict[str, Any], training: bool) -> None:
+    """checkpoint.pt (training stages), then metrics.json: once metrics.json exists the stage
+    is done. last.pt goes last, so a kill in between still resumes."""
+    metrics = {**metrics, "skipped_videos": run.skipped, "run": run.identity}
+    if run.env.is_main:
+        if training:
+            assert run.resume_state is not None
+            save_checkpoint(run.out / CHECKPOINT, run.resume_state)
+        save_json(run.out / METRICS, metrics)
+        scalars = {
+            k: v
+            for k, v in metrics.items()
+            if isinstance(v, int | float) and not isinstance(v, bool)
+        }
+        run.tracker.log_metrics(scalars, step=metrics.get("train_steps", 0))
+        run.tracker.log_artifact(run.out / METRICS)
+        # Not config.yaml: the workflow keeps its input config under that name in --out.
+        config_path = run.out / RESOLVED_CONFIG
+        text = yaml.safe_dump(asdict(run.cfg), sort_keys=False)
+        atomic_write(config_path, lambda f: f.write(text.encode()))
+        run.tracker.log_artifact(config_path)
+        run.tracker.log_artifact(run.out / LOG_FILE)
+        (run.out / LAST).unlink(missing_ok=True)
+        log.info("wrote %s", run.out / METRICS)
+    run.tracker.finish()
+    _ACTIVE.remove(run)
+    dist_utils.barrier()
+
+
+def check_finite(value: float, name: str) -> None:
+    if not math.isfinite(value):
+        raise StageError(f"{name} is {value}; training diverged")
