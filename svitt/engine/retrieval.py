@@ -47,7 +47,7 @@ def recall_metrics(
     ranks = positive_ranks(scores, positives)
     out = {f"r{k}": 100.0 * (ranks < k).double().mean().item() for k in ks}
     out["mean_recall"] = sum(out[f"r{k}"] for k in ks) / len(ks)
-    out["median_rank"] = float((ranks + 1).double().median().item())
+    out["median_rank"] = (ranks + 1).double().quantile(0.5).item()
     return out
 
 

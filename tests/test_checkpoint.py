@@ -1,0 +1,111 @@
+"""Checkpoints: atomic writes, weights_only loading, RNG round trip, finished-run detection."""
+
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from svitt.config import RunConfig, asdict
+from svitt.engine.checkpoint import (
+    atomic_write,
+    finished_run,
+    load_checkpoint,
+    rng_state,
+    run_identity,
+    save_checkpoint,
+    save_json,
+    set_rng_state,
+)
+from svitt.engine.optim import build_scheduler, lr_factor, no_decay_names
+
+
+def test_checkpoint_loads_with_weights_only_and_restores_rng(tmp_path):
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+    scheduler = build_scheduler(optimizer, 2, 10)
+    model(torch.randn(4, 3)).sum().backward()
+    optimizer.step()
+    scheduler.step()
+    state = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "step": 1,
+        "rng": [rng_state()],
+        "config": asdict(RunConfig()),
+    }
+    save_checkpoint(tmp_path / "last.pt", state)
+    expected = (random.random(), np.random.rand(), torch.rand(1).item())
+
+    loaded = torch.load(tmp_path / "last.pt", weights_only=True)  # no pickled objects inside
+    assert loaded["config"] == asdict(RunConfig())
+    set_rng_state(load_checkpoint(tmp_path / "last.pt")["rng"][0])
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
+    restored = torch.optim.AdamW(torch.nn.Linear(3, 2).parameters(), lr=0.1)
+    restored.load_state_dict(loaded["optimizer"])
+    assert restored.state_dict()["state"][0]["step"] == 1
+
+
+def test_atomic_write_leaves_the_old_file_when_writing_fails(tmp_path):
+    path = tmp_path / "metrics.json"
+    save_json(path, {"r1": 1.0})
+
+    def broken(handle):
+        handle.write(b"{partial")
+        raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError, match="killed"):
+        atomic_write(path, broken)
+    assert json.loads(path.read_text()) == {"r1": 1.0}
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]  # no temporary left over
+
+
+def test_missing_or_foreign_checkpoint_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="checkpoint not found"):
+        load_checkpoint(tmp_path / "nope.pt")
+    torch.save({"weights": torch.zeros(1)}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="not an svitt checkpoint"):
+        load_checkpoint(tmp_path / "other.pt")
+
+
+def test_finished_run_detection(tmp_path):
+    config = asdict(RunConfig())
+    same = run_identity("pretrain", config, None)
+    assert not finished_run(tmp_path, same, needs_checkpoint=True)
+    save_json(tmp_path / "metrics.json", {"loss": 1.0, "run": same})
+    assert not finished_run(tmp_path, same, needs_checkpoint=True)  # no checkpoint.pt yet
+    (tmp_path / "checkpoint.pt").write_bytes(b"x")
+    assert finished_run(tmp_path, same, needs_checkpoint=True)
+    # The tracking URI and loader workers do not change results: still the same run.
+    config["tracking"]["uri"] = "http://elsewhere:5000"
+    config["data"]["num_workers"] = 7
+    assert finished_run(tmp_path, run_identity("pretrain", config, None), True)
+    config["optim"]["lr"] = 1.0
+    with pytest.raises(FileExistsError, match=r"different stage, config.*--force"):
+        finished_run(tmp_path, run_identity("pretrain", config, None), True)
+
+
+def test_cosine_schedule_with_warmup():
+    assert lr_factor(0, 4, 20) == pytest.approx(0.25)
+    assert lr_factor(3, 4, 20) == pytest.approx(1.0)
+    assert lr_factor(4, 4, 20) == pytest.approx(1.0)
+    assert lr_factor(12, 4, 20) == pytest.approx(0.5)
+    assert lr_factor(20, 4, 20) == pytest.approx(0.0, abs=1e-12)
+    assert lr_factor(0, 0, 10) == pytest.approx(1.0)
+
+
+def test_no_weight_decay_on_norms_biases_and_listed_parameters():
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = torch.nn.Linear(4, 4)
+            self.norm = torch.nn.LayerNorm(4)
+            self.table = torch.nn.Parameter(torch.zeros(3, 4))
+            self.weight2d = torch.nn.Parameter(torch.zeros(3, 4))
+
+        def no_weight_decay(self):
+            return {"table"}
+
+    assert no_decay_names(Net()) == {"proj.bias", "norm.weight", "norm.bias", "table"}

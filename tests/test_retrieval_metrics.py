@@ -1,0 +1,57 @@
+"""Retrieval and QA metrics on hand-built scores, where the right answer is known."""
+
+import pytest
+import torch
+
+from svitt.engine.qa import accuracy
+from svitt.engine.retrieval import positive_ranks, recall_metrics, rerank_top_k
+
+
+def test_recall_on_a_hand_built_similarity_matrix():
+    # 4 queries x 12 videos; the positive of query q sits at rank q*4 (0, 4, 8, 11).
+    scores = torch.arange(12, 0, -1, dtype=torch.float).repeat(4, 1)  # video v has rank v
+    positives = [[0], [4], [8], [11]]
+    assert positive_ranks(scores, positives).tolist() == [0, 4, 8, 11]
+    metrics = recall_metrics(scores, positives)
+    assert metrics["r1"] == pytest.approx(25.0)
+    assert metrics["r5"] == pytest.approx(50.0)
+    assert metrics["r10"] == pytest.approx(75.0)
+    assert metrics["mean_recall"] == pytest.approx(50.0)
+    assert metrics["median_rank"] == pytest.approx(7.0)  # 1-based ranks 1, 5, 9, 12
+
+
+def test_multi_positive_query_hits_when_any_positive_is_in_top_k():
+    scores = torch.tensor([[0.9, 0.8, 0.1, 0.7, 0.2, 0.3]])
+    # positives 2 and 3: video 3 ranks third (0-based 2)
+    assert positive_ranks(scores, [frozenset({2, 3})]).tolist() == [2]
+    metrics = recall_metrics(scores, [frozenset({2, 3})], ks=(1, 2, 3))
+    assert (metrics["r1"], metrics["r2"], metrics["r3"]) == (0.0, 0.0, 100.0)
+
+
+def test_ties_are_broken_by_video_order():
+    scores = torch.zeros(2, 5)
+    assert positive_ranks(scores, [[3], [0]]).tolist() == [3, 0]
+
+
+def test_bad_ground_truth_is_rejected():
+    with pytest.raises(ValueError, match="at least one positive"):
+        recall_metrics(torch.zeros(1, 3), [[]])
+    with pytest.raises(ValueError, match="2 score rows for 1 queries"):
+        recall_metrics(torch.zeros(2, 3), [[0]])
+
+
+def test_rerank_puts_top_k_first_by_match_score_and_keeps_the_rest_in_order():
+    similarity = torch.tensor([[0.9, 0.1, 0.8, 0.5, 0.7]])
+    top_index = similarity.topk(3, dim=1).indices  # videos 0, 2, 4
+    match = torch.tensor([[-2.0, 3.0, 0.5]])  # VTM prefers video 2, then 4, then 0
+    final = rerank_top_k(similarity, top_index, match)
+    assert final.argsort(dim=1, descending=True).tolist() == [[2, 4, 0, 3, 1]]
+    # The re-scored videos keep exactly their VTM scores.
+    assert final[0, [0, 2, 4]].tolist() == [-2.0, 3.0, 0.5]
+
+
+def test_qa_accuracy_is_exact_match_and_answers_outside_the_list_never_match():
+    assert accuracy([1, 2, 3, 0], [1, 2, 0, 0]) == pytest.approx(75.0)
+    assert accuracy([-1, 2], [-1, 2]) == pytest.approx(50.0)  # gold -1: not in the answer list
+    with pytest.raises(ValueError, match="equal non-empty"):
+        accuracy([1, 2], [1])
