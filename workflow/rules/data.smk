@@ -1,6 +1,7 @@
 # Data and pretrained weights: generate (synthetic) or check (files) every dataset, then one
 # `ready` marker that every training job waits for, so a missing dataset or weight file stops
 # the run before any training. The config-only tables (A1, A4) do not depend on these rules.
+# Priority: the checks run first, so a failure stops the run before other work piles up.
 
 
 localrules:
@@ -33,6 +34,7 @@ if DATA["source"] == "synthetic":
         log:
             f"{RUNS}/data/synthetic.log",
         threads: workflow.cores
+        priority: 10
         shell:
             "svitt synthetic --out {params.root} --size {params.size} --seed {params.seed}"
             " > {log} 2>&1"
@@ -52,6 +54,7 @@ rule validate_data:
         root=DATA["root"],
     log:
         f"{RUNS}/data/{{dataset}}.log",
+    priority: 10
     shell:
         "svitt validate-data --root {params.root} --dataset {wildcards.dataset} --out {output}"
         " > {log} 2>&1"
@@ -65,6 +68,7 @@ rule check_pretrained:
         f"{RUNS}/data/pretrained.json",
     params:
         paths=pretrained_paths(),
+    priority: 10
     run:
         missing = [p for p in params.paths if not Path(p).exists()]
         if missing:

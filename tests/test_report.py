@@ -1,0 +1,241 @@
+"""Run resolution, study specs and table building (no training: metrics files are written here)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from svitt.config import load_config
+from svitt.report.runs import Profile, Run, Variant, figure_a1_runs, table_runs
+from svitt.report.specs import SpecError, load_sparsity_table, load_spec
+from svitt.report.tables import (
+    REPORTED,
+    _with_exceptions,
+    build_table,
+    format_lr,
+    write_table,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_profile_config(name: str) -> dict:
+    return yaml.safe_load((REPO / "workflow" / "config" / f"{name}.yaml").read_text())
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A copy of the specs in a scratch directory that is the working directory."""
+    shutil.copytree(REPO / "ablations", tmp_path / "ablations")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def synthetic_profile() -> Profile:
+    return Profile(load_profile_config("default"))
+
+
+# --- runs -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "pretrain/svitt-hybrid/T4",
+        "pretrain/singularity/T1",
+        "zero-shot/svitt-dense/T8/msrvtt/keep0.5",
+        "finetune-retrieval/svitt-hybrid-morton/T8/ssv2_label",
+        "finetune-qa/frozen-dense/T8/anet_qa/shuffle",
+        "tokens/svitt-hybrid/T8/didemo",
+    ],
+)
+def test_run_paths_round_trip(path: str) -> None:
+    assert Run.from_path(path).path == path
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "pretrain/svitt/T4",  # svitt needs a sparsity row
+        "pretrain/singularity-dense/T4",  # frame-level models take none
+        "pretrain/svitt-hybrid/T4/msrvtt",  # pre-training has no dataset
+        "zero-shot/svitt-hybrid/T4/msrvtt",  # zero-shot needs a probe
+        "zero-shot/svitt-hybrid/T4/msrvtt/sideways",
+        "bogus/svitt-hybrid/T4",
+    ],
+)
+def test_bad_run_paths_are_rejected(path: str) -> None:
+    with pytest.raises(SpecError):
+        Run.from_path(path)
+
+
+def test_progressive_chain_and_evaluation_sources(workdir: Path) -> None:
+    profile = synthetic_profile()
+    hybrid = Variant("svitt", "hybrid")
+    assert profile.loads(Run("pretrain", hybrid, 4)) is None
+    assert profile.loads(Run("pretrain", hybrid, 8)) == Run("pretrain", hybrid, 4)
+    assert profile.loads(Run("pretrain", hybrid, 16)) == Run("pretrain", hybrid, 8)
+    # A clip length outside the chain (Singularity at T = 1) starts from scratch.
+    assert profile.loads(Run("pretrain", Variant("singularity"), 1)) is None
+    finetuned = Run("finetune-retrieval", hybrid, 8, "ssv2_label")
+    assert profile.loads(finetuned) == Run("pretrain", hybrid, 8)
+    probe = Run("finetune-retrieval", hybrid, 8, "ssv2_label", "shuffle")
+    assert profile.loads(probe) == finetuned
+    assert probe.command == "eval-retrieval"
+    assert Run("finetune-qa", hybrid, 8, "anet_qa", "shuffle").command == "eval-qa"
+
+
+def test_resolved_config_layers(workdir: Path) -> None:
+    profile = Profile(load_profile_config("paper"))
+    hybrid = Variant("svitt", "hybrid")
+    didemo = load_config(profile.resolve(Run("zero-shot", hybrid, 8, "didemo", "keep0.5")))
+    assert didemo.data.text_max_len == 64  # by_dataset over settings
+    assert didemo.eval.visual_keep_rate == 0.5  # the probe
+    assert didemo.model.sparsity.visual_keep_rate == 0.6  # q_v of T = 8
+    assert didemo.model.sparsity.block_size == 56  # paper frames: G unscaled
+    assert didemo.model.weights.vision is None  # weights come from the checkpoint
+    qa = load_config(profile.resolve(Run("finetune-qa", hybrid, 8, "agqa")))
+    assert (qa.model.sparsity.cross_keep_rate, qa.optim.epochs) == (0.5, 1)
+    start = load_config(profile.resolve(Run("pretrain", hybrid, 4)))
+    assert start.model.weights.vision is not None  # the chain's start loads image weights
+    assert start.data.train == ("webvid",)
+    morton = load_config(profile.resolve(Run("pretrain", Variant("svitt", "hybrid", "morton"), 4)))
+    assert morton.model.sparsity.token_order == "morton"
+    frozen = load_config(profile.resolve(Run("pretrain", Variant("frozen", "dense"), 4)))
+    assert (frozen.model.arch, frozen.model.vision.abs_pos_emb) == ("frozen", True)
+
+
+def test_block_size_scales_with_frame_tokens(workdir: Path) -> None:
+    # 32 px frames in 8 px patches: 16 tokens per frame, so G = 56 * 16 / 196 -> 5.
+    cfg = load_config(synthetic_profile().resolve(Run("pretrain", Variant("svitt", "hybrid"), 4)))
+    assert cfg.model.sparsity.block_size == 5
+
+
+def test_resolve_names_a_bad_run_key(workdir: Path) -> None:
+    config = load_profile_config("default")
+    config["retrieval"]["settings"]["optim"]["bogus_rate"] = 1.0
+    with pytest.raises(SpecError, match=r"optim\.bogus_rate"):
+        Profile(config).resolve(Run("finetune-retrieval", Variant("svitt", "dense"), 8, "charades"))
+
+
+def test_new_sparsity_row_adds_runs_and_an_a1_row(workdir: Path) -> None:
+    with (workdir / "ablations" / "sparsity.tsv").open("a") as handle:
+        handle.write("edge\tEdge\tsparse\t1\t3\t56\t1.0\t1.0\t1.0\t1.0\t1.0\n")
+    profile = synthetic_profile()
+    a1 = build_table(profile, "A1").frame
+    assert list(a1[a1.config == "Edge"].frames) == profile.chain
+    assert (a1[a1.config == "Edge"].sparsity.astype(float) > 0).all()  # blocks alone prune edges
+    runs = table_runs(profile, "A3")
+    variants = {str(run.variant) for run in runs}
+    assert {"svitt-dense", "svitt-hybrid", "svitt-edge", "singularity"} <= variants
+    assert len(runs) == 2 * (3 + 3)  # MSR-VTT and DiDeMo x (3 Singularity + 3 sparsity rows)
+
+
+def test_sparsity_table_errors_name_row_and_column(tmp_path: Path) -> None:
+    table = tmp_path / "sparsity.tsv"
+    header = "name\tlabel\tattention\tK_l\tK_r\tG\tq_v_T4\tq_m\tq_m_qa\n"
+    table.write_text(header + "dense\tDense\tdense\t1\t3\t56\t1.5\t1.0\t1.0\n")
+    with pytest.raises(SpecError, match=r"row 1 \('dense'\), column 'q_v_T4'"):
+        load_sparsity_table(table)
+    table.write_text(header + "a-b\tX\tdense\t1\t3\t56\t1.0\t1.0\t1.0\n")
+    with pytest.raises(SpecError, match="column 'name'"):
+        load_sparsity_table(table)
+    table.write_text(header + "x\tX\tdiagonal\t1\t3\t56\t1.0\t1.0\t1.0\n")
+    with pytest.raises(SpecError, match="column 'attention'"):
+        load_sparsity_table(table)
+
+
+# --- tables -----------------------------------------------------------------------------
+
+
+def test_format_helpers() -> None:
+    assert [format_lr(v) for v in (3e-5, 1e-5, 5e-6, 2.5e-4)] == ["3e-5", "1e-5", "5e-6", "2.5e-4"]
+    labels = {name: type("L", (), {"label": name.upper()})() for name in ("a", "b", "c", "d")}
+    assert _with_exceptions({"a": "32", "b": "64", "c": "32", "d": "32"}, labels) == "32 (64 for B)"
+    assert _with_exceptions({"a": "5", "b": "5"}, labels) == "5"
+
+
+def test_paper_a1_and_a4_equal_the_supplement(workdir: Path) -> None:
+    profile = Profile(load_profile_config("paper"))
+    a1 = build_table(profile, "A1").frame
+    ours = a1[(a1.source == "paper") & (a1.config == "Hybrid")].drop(columns=["source", "edges"])
+    reported = a1[a1.source == REPORTED].drop(columns=["source", "edges"])
+    pd.testing.assert_frame_equal(ours.reset_index(drop=True), reported.reset_index(drop=True))
+    dense = a1[(a1.source == "paper") & (a1.config == "Dense")]
+    assert set(dense.sparsity) == {"0.00"}
+
+    a4 = build_table(profile, "A4").frame
+    ours = a4[a4.source == "paper"].drop(columns="source").reset_index(drop=True)
+    reported = a4[a4.source == REPORTED].drop(columns="source").reset_index(drop=True)
+    pd.testing.assert_frame_equal(ours, reported)
+
+
+def test_synthetic_a4_shows_its_own_settings(workdir: Path) -> None:
+    a4 = build_table(synthetic_profile(), "A4").frame
+    ours = a4[a4.source == "synthetic"].set_index("hyperparameter")
+    assert ours.loc["Attn. blocks (K_l, K_r, G)", "Pre-training T=4"] == "(1, 3, 5)"
+    assert ours.loc["Text length", "Retrieval T=8"] == "24 (48 for DiDeMo)"
+
+
+def write_metrics(profile: Profile, run: Run, **metrics: float) -> None:
+    path = Path(profile.metrics(run))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(metrics))
+
+
+def recall(mean: float) -> dict[str, float]:
+    return {"r1": mean - 10, "r5": mean, "r10": mean + 10, "mean_recall": mean}
+
+
+def test_retrieval_table_reads_each_run(workdir: Path) -> None:
+    profile = synthetic_profile()
+    runs = table_runs(profile, "A3")
+    for index, run in enumerate(runs):
+        write_metrics(profile, run, **recall(20.0 + index))
+    table = build_table(profile, "A3")
+    frame = table.frame
+    ours = frame[frame.source == "synthetic"]
+    assert list(ours.method) == ["Singularity*"] * 3 + ["SViTT"] * 2
+    assert list(ours.sparsity) == ["—", "—", "—", "Dense", "Hybrid"]
+    hybrid = Run("zero-shot", Variant("svitt", "hybrid"), 8, "didemo", "normal")
+    expected = 20.0 + runs.index(hybrid)
+    assert ours.iloc[4]["DiDeMo Mean"] == expected
+    assert ours.iloc[4]["DiDeMo R1"] == expected - 10
+    reported = frame[frame.source == REPORTED]
+    assert reported.iloc[-1]["MSR-VTT Mean"] == 43.8
+    paths = write_table(table, workdir / "tables")
+    assert [p.suffix for p in paths] == [".csv", ".md", ".tex"]
+    assert "| synthetic" in paths[1].read_text() and "\\toprule" in paths[2].read_text()
+    assert len(pd.read_csv(paths[0])) == len(frame)
+
+
+def test_probe_table_delta_and_missing_metric(workdir: Path) -> None:
+    profile = synthetic_profile()
+    for run in table_runs(profile, "A8"):
+        shuffled = run.probe == "shuffle"
+        if run.task == "finetune-retrieval":
+            write_metrics(profile, run, **recall(50.0 - (7.5 if shuffled else 0.0)))
+        else:
+            write_metrics(profile, run, accuracy=40.0 - (1.25 if shuffled else 0.0))
+    frame = build_table(profile, "A8").frame
+    ours = frame[frame.source == "synthetic"]
+    assert list(ours["SSv2-Label Δ"]) == [7.5] * 3
+    assert list(ours["ActivityNet-QA Δ"]) == [1.2] * 3  # round(1.25, 1)
+    broken = Run("finetune-qa", Variant("singularity"), 4, "anet_qa")
+    write_metrics(profile, broken, acc=1.0)
+    with pytest.raises(KeyError, match=r"metrics.json: no metric 'accuracy'; found: acc"):
+        build_table(profile, "A8")
+
+
+def test_figure_a1_sweep_covers_each_rate(workdir: Path) -> None:
+    profile = synthetic_profile()
+    spec = load_spec(profile.ablations, "figure_A1")
+    runs = figure_a1_runs(profile, spec)
+    assert len(runs) == len(spec["frames"]) * len(spec["datasets"]) * len(spec["keep_rates"])
+    assert {run.variant for run in runs} == {Variant("svitt", "dense")}
+    assert all(run.task == "zero-shot" and run.probe.startswith("keep") for run in runs)

@@ -1,0 +1,150 @@
+"""The Snakemake DAG: config validation, dry-runs, config-only tables, the CI-sized run.
+
+Every test runs Snakemake in a scratch copy of the workflow, so the repository's results/
+stay untouched.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+WORKFLOW_FILES = ("Snakefile", "workflow", "ablations", ".test")
+TABLES = [f"A{i}" for i in range(1, 9)]
+
+
+@pytest.fixture
+def workflow_copy(tmp_path: Path) -> Path:
+    for name in WORKFLOW_FILES:
+        source = REPO / name
+        if source.is_dir():
+            shutil.copytree(source, tmp_path / name)
+        else:
+            shutil.copy(source, tmp_path / name)
+    return tmp_path
+
+
+def snakemake(cwd: Path, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    # Rules call `svitt`: the project's environment must be on PATH, as with `make tables`.
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    return subprocess.run(
+        [sys.executable, "-m", "snakemake", "--cores", "2", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def job_counts(output: str) -> dict[str, int]:
+    """The `Job stats` block of a dry-run: rule -> number of jobs."""
+    block = output.split("Job stats:", 1)[1].split("total", 1)[0]
+    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", block, re.MULTILINE)}
+
+
+PAPER = "--configfile=workflow/config/paper.yaml"
+
+
+def test_schema_rejects_a_bad_key_naming_it(workflow_copy: Path) -> None:
+    config = yaml.safe_load((workflow_copy / "workflow/config/default.yaml").read_text())
+    config["pretrain"]["epochz"] = 3
+    (workflow_copy / "bad.yaml").write_text(yaml.safe_dump(config))
+    result = snakemake(workflow_copy, "-n", "tables", "--configfile=bad.yaml")
+    assert result.returncode != 0
+    assert "epochz" in result.stderr + result.stdout
+
+
+def test_new_sparsity_row_adds_its_jobs(workflow_copy: Path) -> None:
+    with (workflow_copy / "ablations/sparsity.tsv").open("a") as handle:
+        handle.write("edge\tEdge only\tsparse\t1\t3\t56\t1.0\t1.0\t1.0\t1.0\t1.0\n")
+    result = snakemake(workflow_copy, "-n", "tables")
+    assert result.returncode == 0, result.stderr[-3000:]
+    outputs = set(re.findall(r"runs/([^\s,]*edge[^\s,]*)/metrics\.json", result.stdout))
+    # Pre-training (SViTT at T = 4 -> 8 for A3/A5/A8, Frozen at T = 4 for A6), zero-shot A3 and
+    # A6, fine-tuning A5 and A8, and the A8 shuffled-frame probes.
+    assert outputs == {
+        "pretrain/svitt-edge/T4",
+        "pretrain/svitt-edge/T8",
+        "pretrain/frozen-edge/T4",
+        "zero-shot/svitt-edge/T8/msrvtt/normal",
+        "zero-shot/svitt-edge/T8/didemo/normal",
+        "zero-shot/frozen-edge/T4/didemo/normal",
+        "finetune-retrieval/svitt-edge/T8/charades",
+        "finetune-retrieval/svitt-edge/T8/ssv2_label",
+        "finetune-qa/svitt-edge/T8/anet_qa",
+        "finetune-retrieval/svitt-edge/T8/ssv2_label/shuffle",
+        "finetune-qa/svitt-edge/T8/anet_qa/shuffle",
+    }
+
+
+def test_paper_a1_a4_need_no_data(workflow_copy: Path) -> None:
+    targets = ["results/paper/tables/A1.csv", "results/paper/tables/A4.csv"]
+    result = snakemake(workflow_copy, *targets, PAPER)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "validate_data" not in result.stderr + result.stdout
+    a1 = pd.read_csv(workflow_copy / targets[0], dtype=str)
+    ours = a1[(a1.source == "paper") & (a1.config == "Hybrid")]
+    reported = a1[a1.source == "reported"]
+    assert list(ours.edges_m) == list(reported.edges_m) == ["1.48", "2.60", "4.61"]
+    assert list(ours.sparsity) == list(reported.sparsity) == ["0.80", "0.91", "0.96"]
+    a4 = pd.read_csv(workflow_copy / targets[1], dtype=str)
+    ours = a4[a4.source == "paper"].drop(columns="source").reset_index(drop=True)
+    reported = a4[a4.source == "reported"].drop(columns="source").reset_index(drop=True)
+    pd.testing.assert_frame_equal(ours, reported)
+
+
+def test_paper_dry_run_lists_the_whole_dag(workflow_copy: Path) -> None:
+    result = snakemake(workflow_copy, "-n", "tables", PAPER)
+    assert result.returncode == 0, result.stderr[-3000:]
+    counts = job_counts(result.stdout)
+    assert counts["pretrain"] == 11 and counts["validate_data"] == 8
+    assert counts["table"] == 8
+
+
+def test_paper_without_data_stops_before_training(workflow_copy: Path, tmp_path: Path) -> None:
+    # Weights and tokenizer present, the data root missing.
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    config = yaml.safe_load((workflow_copy / "workflow/config/paper.yaml").read_text())
+    for fragment in (config["run"], config["archs"]["frozen"]):
+        for key in ("vision", "text"):
+            if fragment["model"]["weights"].get(key):
+                path = weights / Path(fragment["model"]["weights"][key]).name
+                path.touch()
+                fragment["model"]["weights"][key] = str(path)
+    config["data"]["tokenizer"] = str(weights)
+    missing = tmp_path / "no-such-data"
+    config["data"]["root"] = str(missing)
+    (workflow_copy / "paper-here.yaml").write_text(yaml.safe_dump(config))
+    result = snakemake(workflow_copy, "tables", "--configfile=paper-here.yaml")
+    assert result.returncode != 0
+    logs = "".join(p.read_text() for p in (workflow_copy / "results/paper/runs/data").glob("*.log"))
+    assert str(missing) in logs
+    # Run configs may have been written; no training started.
+    assert not list((workflow_copy / "results/paper/runs").glob("*/*/*/stage.log"))
+    assert not list((workflow_copy / "results/paper/runs").rglob("checkpoint.pt"))
+
+
+@pytest.mark.slow
+def test_ci_dag_runs_end_to_end(workflow_copy: Path) -> None:
+    configs = ["--configfile", "workflow/config/default.yaml", ".test/config.yaml"]
+    result = snakemake(workflow_copy, "tables", *configs, timeout=600)
+    assert result.returncode == 0, result.stderr[-5000:]
+    tables = workflow_copy / "results/ci/tables"
+    for name in TABLES:
+        for ext in ("csv", "md", "tex"):
+            assert (tables / f"{name}.{ext}").stat().st_size > 0
+    a3 = pd.read_csv(tables / "A3.csv")
+    assert a3[a3.source == "ci"]["MSR-VTT Mean"].notna().all()
+    again = snakemake(workflow_copy, "tables", *configs)
+    assert "Nothing to be done" in again.stdout + again.stderr
