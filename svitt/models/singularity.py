@@ -7,7 +7,8 @@ the pooled [CLS] followed by every frame's tokens. Nothing depends on frame orde
 put in a canonical order (sorted by a scalar of their [CLS] token) before pooling and
 concatenation, so a clip and its frame-shuffled copy give bit-identical embeddings and VTM
 scores (cross-attention is order-invariant in exact arithmetic; the canonical order makes it
-so in floating point too).
+so in floating point too). Two different frames whose [CLS] share the exact same first feature
+would be ordered by position, which can change the last bits only.
 """
 
 from __future__ import annotations
@@ -44,7 +45,9 @@ class Singularity(SViTT):
         tokens = rearrange(out.tokens, "(b t) n d -> b t n d", t=frames)
         frame_start = torch.arange(frames, device=video.device) * self.vision.cfg.num_patches
         positions = rearrange(out.positions, "(b t) n -> b t n", t=frames) + frame_start[:, None]
-        order = tokens[:, :, 0].sum(dim=-1).argsort(dim=1, stable=True)  # [B, T]
+        # Canonical frame order: by the first feature of each frame's [CLS] token, read as is
+        # (a reduction as key would round differently with the frame's memory offset).
+        order = tokens[:, :, 0, 0].argsort(dim=1, stable=True)  # [B, T]
         tokens = tokens.gather(1, order[:, :, None, None].expand_as(tokens))
         positions = positions.gather(1, order[:, :, None].expand_as(positions))
         pooled = tokens[:, :, 0].mean(dim=1, keepdim=True)
