@@ -1,0 +1,292 @@
+"""Attention kernel benchmark: dense SDPA vs block-sparse attention, forward + backward.
+
+Variants, all on the same q, k, v and output gradient, interleaved per repetition:
+- `dense`: `torch.nn.functional.scaled_dot_product_attention` over all `1 + n` tokens;
+- `sparse`: the library kernel `svitt.models.attention.sparse_attention`;
+- `loop`: the authors'-style Python loop over query blocks (`benchmarks.naive_attention`);
+- `fused`: `fused_sparse_attention` below, a prototype proposed for the library: one
+  autograd Function with explicit batched matmuls, keys gathered at token level with the
+  [CLS] key included, the probabilities saved for backward (the gathered keys recomputed),
+  and the key gradients scattered back with `index_add_`.
+
+Writes results/<profile>/tables/compute_attention[_cuda].{csv,md}.
+Run: `python -m benchmarks.attention` (`--quick` for a smoke run on tiny shapes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from benchmarks.common import (
+    bench_dtype,
+    count_flops,
+    machine_info,
+    median,
+    peak_memory,
+    pick_device,
+    table_suffix,
+    time_interleaved,
+    write_table,
+)
+from benchmarks.naive_attention import loop_sparse_attention
+from svitt.models.attention import BiasFn, block_pattern, pattern_edges, sparse_attention
+
+Kernel = Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor | None]]
+
+
+# --- prototype kernel -------------------------------------------------------------------
+
+
+def _key_index(key_blocks: Tensor, block_size: int) -> Tensor:
+    """Sequence index of every key of each query block, [CLS] first: [nb, 1 + K * G]."""
+    offsets = torch.arange(block_size, device=key_blocks.device)
+    index = (key_blocks[:, :, None] * block_size + offsets).flatten(1) + 1
+    return torch.cat([index.new_zeros(index.shape[0], 1), index], dim=1)
+
+
+class _BlockSparse(torch.autograd.Function):
+    """Non-[CLS] rows of block-sparse attention; `mask` is an additive [.., H, nb, G, 1+KG]."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        index: Tensor,
+        mask: Tensor | None,
+        block_size: int,
+    ) -> Tensor:
+        batch, heads, length, dim = q.shape
+        num_blocks, num_keys = index.shape
+        n, bh = length - 1, batch * heads
+        pad = num_blocks * block_size - n
+        qb = q[:, :, 1:] * dim**-0.5
+        if pad:
+            qb = F.pad(qb, (0, 0, 0, pad))
+        qb = qb.reshape(bh * num_blocks, block_size, dim)
+        flat = index.flatten()
+        kg = k.reshape(bh, length, dim).index_select(1, flat).view(-1, num_keys, dim)
+        vg = v.reshape(bh, length, dim).index_select(1, flat).view(-1, num_keys, dim)
+        logits = torch.bmm(qb, kg.transpose(1, 2))
+        if mask is not None:
+            logits.view(batch, heads, num_blocks, block_size, num_keys).add_(mask)
+        probs = torch.softmax(logits, dim=-1)
+        del logits
+        out = torch.bmm(probs, vg)
+        ctx.save_for_backward(qb, k, v, index, probs, out)
+        ctx.shape = (q.shape, block_size, None if mask is None else mask.shape)
+        return out.view(batch, heads, num_blocks * block_size, dim)[:, :, :n]
+
+    @staticmethod
+    def backward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx, grad: Tensor
+    ) -> tuple[Tensor | None, ...]:
+        qb, k, v, index, probs, out = ctx.saved_tensors
+        (batch, heads, length, dim), block_size, mask_shape = ctx.shape
+        num_blocks, num_keys = index.shape
+        n, bh = length - 1, batch * heads
+        pad = num_blocks * block_size - n
+        flat = index.flatten()
+        kg = k.reshape(bh, length, dim).index_select(1, flat).view(-1, num_keys, dim)
+        vg = v.reshape(bh, length, dim).index_select(1, flat).view(-1, num_keys, dim)
+        if pad:
+            grad = F.pad(grad, (0, 0, 0, pad))
+        grad = grad.reshape(bh * num_blocks, block_size, dim).contiguous()
+        dvg = torch.bmm(probs.transpose(1, 2), grad)
+        dlogits = torch.bmm(grad, vg.transpose(1, 2))
+        dlogits.sub_((grad * out).sum(-1, keepdim=True)).mul_(probs)
+        dqb = torch.bmm(dlogits, kg).mul_(dim**-0.5)
+        dkg = torch.bmm(dlogits.transpose(1, 2), qb)
+        dk = k.new_zeros(bh, length, dim).index_add_(1, flat, dkg.view(bh, -1, dim))
+        dv = v.new_zeros(bh, length, dim).index_add_(1, flat, dvg.view(bh, -1, dim))
+        dq = k.new_zeros(batch, heads, length, dim)
+        dq[:, :, 1:] = dqb.view(batch, heads, -1, dim)[:, :, :n]
+        dmask = None
+        if mask_shape is not None and ctx.needs_input_grad[4]:
+            shape = (batch, heads, num_blocks, block_size, num_keys)
+            dmask = dlogits.view(shape).sum_to_size(mask_shape)
+        shape = (batch, heads, length, dim)
+        return dq, dk.view(shape), dv.view(shape), None, dmask, None
+
+
+def fused_sparse_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    key_blocks: Tensor,
+    block_size: int,
+    bias_fn: BiasFn | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Same contract as `svitt.models.attention.sparse_attention` (prototype)."""
+    length, dim = q.shape[2], q.shape[3]
+    n = length - 1
+    index = _key_index(key_blocks.to(q.device), block_size)
+    padded = index > n
+    index = index.clamp(max=n)  # padded keys: any valid index, masked below
+    mask = None
+    if bias_fn is not None:
+        query = 1 + torch.arange(index.shape[0] * block_size, device=q.device)
+        mask = bias_fn(query.view(-1, block_size).clamp(max=n), index).to(q.dtype)
+    if bool(padded.any()):
+        padding = torch.zeros(padded.shape, dtype=q.dtype, device=q.device)
+        padding = padding.masked_fill(padded, float("-inf"))[:, None, :]
+        mask = padding if mask is None else mask + padding
+    out = _BlockSparse.apply(q, k, v, index, mask, block_size)
+    logits = (q[:, :, :1] @ k.transpose(-1, -2)) * dim**-0.5
+    if bias_fn is not None:
+        keys = torch.arange(length, device=q.device)
+        logits = logits + bias_fn(keys[:1], keys)
+    probs = logits.softmax(dim=-1)
+    return torch.cat([probs @ v, out], dim=2), probs[:, :, 0]
+
+
+# --- benchmark --------------------------------------------------------------------------
+
+
+def dense_kernel(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, None]:
+    return F.scaled_dot_product_attention(q, k, v), None
+
+
+def kernels(key_blocks: Tensor, block_size: int, with_loop: bool) -> dict[str, Kernel]:
+    out: dict[str, Kernel] = {
+        "dense": dense_kernel,
+        "sparse": functools.partial(sparse_attention, key_blocks=key_blocks, block_size=block_size),
+        "fused": functools.partial(
+            fused_sparse_attention, key_blocks=key_blocks, block_size=block_size
+        ),
+    }
+    if with_loop:
+        out["loop"] = functools.partial(
+            loop_sparse_attention, key_blocks=key_blocks, block_size=block_size
+        )
+    return out
+
+
+def step(kernel: Kernel, q: Tensor, k: Tensor, v: Tensor, grad: Tensor) -> None:
+    """One forward + backward; the gradients are dropped afterwards."""
+    out, _ = kernel(q, k, v)
+    out.backward(grad)
+    q.grad = k.grad = v.grad = None
+
+
+def bench_length(args: argparse.Namespace, frames: int, device: torch.device) -> list[dict]:
+    n = frames * args.patches
+    num_blocks = -(-n // args.block_size)
+    generator = torch.Generator().manual_seed(0)
+    key_blocks = block_pattern(num_blocks, args.local_blocks, args.random_blocks, generator)
+    dtype = bench_dtype(device)
+    shape = (args.batch, args.heads, 1 + n, args.head_dim)
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(shape, device=device, dtype=dtype, requires_grad=True) for _ in "qkv")
+    grad = torch.randn(shape, device=device, dtype=dtype)
+    variants = kernels(key_blocks, args.block_size, not args.no_loop)
+    runs = {
+        name: functools.partial(step, kernel, q, k, v, grad) for name, kernel in variants.items()
+    }
+    reps = args.reps if args.reps else {4: 7, 8: 5}.get(frames, 5)
+    times = time_interleaved(runs, reps=reps, warmup=args.warmup, device=device)
+    dense_edges = args.batch * args.heads * (1 + n) ** 2
+    sparse_edges = (
+        args.batch * args.heads * (pattern_edges(key_blocks, n, args.block_size) + (1 + n))
+    )
+    rows = []
+    dense_ms = median(times["dense"]) * 1e3
+    for name, run in runs.items():
+        ms = median(times[name]) * 1e3
+        rows.append(
+            {
+                "frames": frames,
+                "tokens": 1 + n,
+                "batch": args.batch,
+                "variant": name,
+                "ms": round(ms, 2),
+                "ms_min": round(min(times[name]) * 1e3, 2),
+                "reps": reps,
+                "speedup_vs_dense": round(dense_ms / ms, 2),
+                "peak_mb": round(peak_memory(run, device) / 2**20, 1),
+                "gflops": round(count_flops(run) / 1e9, 4),
+                "edges_m": round((dense_edges if name == "dense" else sparse_edges) / 1e6, 3),
+            }
+        )
+        print(
+            f"T={frames:>2} {name:>6}: {ms:9.1f} ms  x{dense_ms / ms:5.2f} vs dense",
+            flush=True,
+        )
+    return rows
+
+
+def goal_notes(rows: list[dict]) -> list[str]:
+    """Issue #7 goals: >= 8x faster than dense at T = 16, >= 4x at T = 8."""
+    notes = []
+    for frames, goal in ((16, 8.0), (8, 4.0)):
+        for variant in ("sparse", "fused"):
+            found = [r for r in rows if r["frames"] == frames and r["variant"] == variant]
+            if found:
+                got = found[0]["speedup_vs_dense"]
+                verdict = "met" if got >= goal else "MISSED"
+                notes.append(
+                    f"goal T={frames}: {variant} >= {goal:g}x faster than dense: {verdict} "
+                    f"(measured {got:g}x)"
+                )
+    return notes
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--frames", type=int, nargs="+", default=[4, 8, 16])
+    parser.add_argument("--patches", type=int, default=196, help="tokens per frame")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--heads", type=int, default=12)
+    parser.add_argument("--head-dim", type=int, default=64)
+    parser.add_argument("--block-size", type=int, default=56, help="G")
+    parser.add_argument("--local-blocks", type=int, default=1, help="K_l")
+    parser.add_argument("--random-blocks", type=int, default=3, help="K_r")
+    parser.add_argument("--reps", type=int, default=0, help="0: 7 at T=4, else 5")
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--no-loop", action="store_true", help="skip the Python-loop baseline")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    parser.add_argument("--profile", default="synthetic", help="results/<profile>/")
+    parser.add_argument("--results", type=Path, default=Path("results"))
+    parser.add_argument("--quick", action="store_true", help="tiny shapes, 2 reps (smoke run)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.frames, args.patches, args.heads, args.head_dim = [1, 2], 16, 2, 16
+        args.block_size, args.reps = 4, 2
+    return args
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    args = parse_args(argv)
+    device = pick_device(args.device)
+    info = machine_info(device)
+    print(", ".join(f"{key}: {value}" for key, value in info.items()), flush=True)
+    rows = [row for frames in args.frames for row in bench_length(args, frames, device)]
+    stem = args.results / args.profile / "tables" / f"compute_attention{table_suffix(device)}"
+    notes = [
+        "forward + backward of one attention call (all heads), median over repetitions, "
+        "variants interleaved per repetition; speedup = dense ms / variant ms, same run",
+        f"{args.heads} heads x {args.head_dim} dims, G={args.block_size}, "
+        f"K_l={args.local_blocks}, K_r={args.random_blocks}, one [CLS], "
+        f"dtype {bench_dtype(device)}",
+        "peak_mb: tensor memory allocated above the inputs during the step (see "
+        "benchmarks/common.py); edges_m: query-key pairs, [CLS] row and column included",
+        "machine: " + ", ".join(f"{key} {value}" for key, value in info.items()),
+        *goal_notes(rows),
+    ]
+    write_table(rows, stem, "Attention kernel: dense vs block-sparse", notes)
+    for note in notes[-4:]:
+        print(note)
+    print(f"wrote {stem}.csv and .md")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,168 @@
+"""Timing, memory and FLOP helpers shared by the benchmark scripts.
+
+- Time: every variant runs once per repetition, in a rotated order, after warm-up runs, so
+  machine noise hits all variants alike; we report the median, and ratios are computed
+  within one run.
+- Peak memory, CPU: the PyTorch profiler's allocator events (`profile_memory=True`): every
+  tensor allocation and free by the CPU allocator, in order; the peak of their running sum
+  during one call is the call's peak of tensor memory above what was live before it (no
+  Python objects, no allocator caching, no RSS). CUDA: `torch.cuda.max_memory_allocated`
+  above the memory allocated before the call.
+- FLOPs: `torch.utils.flop_counter.FlopCounterMode` (matmuls and attention; elementwise ops
+  count zero), forward + backward.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+from torch.utils.flop_counter import FlopCounterMode
+
+
+def pick_device(name: str) -> torch.device:
+    """`auto` -> CUDA when present, else CPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def bench_dtype(device: torch.device) -> torch.dtype:
+    """fp32 on CPU, bf16 on CUDA (the training precision there)."""
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def table_suffix(device: torch.device) -> str:
+    """Tables and figures measured on CUDA get a `_cuda` suffix, CPU ones none."""
+    return "_cuda" if device.type == "cuda" else ""
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def machine_info(device: torch.device) -> dict[str, str]:
+    info = {
+        "cpu": cpu_model(),
+        "cores": str(os.cpu_count()),
+        "threads": str(torch.get_num_threads()),
+        "torch": torch.__version__,
+        "device": device.type,
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_interleaved(
+    variants: dict[str, Callable[[], Any]],
+    reps: int,
+    warmup: int,
+    device: torch.device,
+) -> dict[str, list[float]]:
+    """Seconds per call of each variant; one call of every variant per repetition."""
+    names = list(variants)
+    for _ in range(warmup):
+        for name in names:
+            variants[name]()
+    sync(device)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for rep in range(reps):
+        shift = rep % len(names)
+        for name in names[shift:] + names[:shift]:  # rotate: no variant always runs first
+            sync(device)
+            start = time.perf_counter()
+            variants[name]()
+            sync(device)
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values)
+
+
+def peak_memory(fn: Callable[[], Any], device: torch.device) -> int:
+    """Peak bytes of tensor memory allocated during `fn()` above the memory live before it."""
+    sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        fn()
+        sync(device)
+        return torch.cuda.max_memory_allocated(device) - before
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = [
+        (event.start_ns(), event.nbytes())
+        for event in prof.profiler.kineto_results.events()
+        if event.name() == "[memory]" and event.device_type() == torch.autograd.DeviceType.CPU
+    ]
+    live = peak = 0
+    for _, nbytes in sorted(events):
+        live += nbytes
+        peak = max(peak, live)
+    return peak
+
+
+def count_flops(fn: Callable[[], Any]) -> int:
+    """FLOPs of `fn()` (forward and backward if it runs both)."""
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """Write `text` to `path` through a temporary file and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_table(rows: list[dict[str, Any]], stem: Path, title: str, notes: list[str]) -> None:
+    """`stem`.csv and `stem`.md (a title, the notes as a list, then the table), atomically."""
+    import pandas as pd
+
+    frame = pd.DataFrame(rows)
+    atomic_write(stem.with_suffix(".csv"), frame.to_csv(index=False))
+    lines = [f"# {title}", "", *[f"- {note}" for note in notes], ""]
+    lines.append(frame.to_markdown(index=False, floatfmt="g"))
+    atomic_write(stem.with_suffix(".md"), "\n".join(lines) + "\n")
+
+
+def save_figure(fig: Any, path: Path) -> None:
+    """Save a matplotlib figure atomically (same extension, so the format is kept)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=150, bbox_inches="tight")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
