@@ -314,6 +314,7 @@ def _setup_logging(out: Path, env: DistEnv) -> None:
     handler = logging.FileHandler(out / LOG_FILE)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root.addHandler(handler)
+    _LOG_HANDLERS.append(handler)
     if root.level > logging.INFO or root.level == logging.NOTSET:
         root.setLevel(logging.INFO)
 
@@ -339,6 +340,7 @@ def _tags(stage: str, cfg: RunConfig, out: Path, source: str | None) -> dict[str
 
 USER_ERRORS = (ConfigError, FileNotFoundError, FileExistsError, KeyError, StageError, TrackingError)
 _ACTIVE: list[Run] = []  # this process's run, so that a crash marks its MLflow run failed
+_LOG_HANDLERS: list[logging.Handler] = []  # the run's log file, closed when the stage ends
 
 
 def guarded(stage: str, body: Callable[[], int]) -> int:
@@ -355,6 +357,10 @@ def guarded(stage: str, body: Callable[[], int]) -> int:
         raise
     finally:
         dist_utils.shutdown()
+        while _LOG_HANDLERS:
+            handler = _LOG_HANDLERS.pop()
+            logging.getLogger().removeHandler(handler)
+            handler.close()
 
 
 def _abort_active() -> None:

@@ -1,0 +1,267 @@
+"""Every stage end to end on the synthetic "ci" benchmark with a tiny model: outputs, metrics,
+exact resume, finished-run detection, MLflow records and bad-input errors."""
+
+import json
+import sqlite3
+
+import pytest
+import torch
+import yaml
+
+from svitt.cli import main
+from svitt.data.synthetic import generate
+
+TINY = {
+    "seed": 0,
+    "device": "cpu",
+    "model": {
+        "vision": {
+            "image_size": 16,
+            "patch_size": 8,
+            "num_frames": 4,
+            "dim": 32,
+            "depth": 2,
+            "heads": 2,
+        },
+        "text": {
+            "dim": 32,
+            "depth": 2,
+            "cross_depth": 1,
+            "heads": 2,
+            "mlp_dim": 64,
+            "max_positions": 32,
+        },
+        "sparsity": {
+            "attention": "sparse",
+            "block_size": 4,
+            "random_blocks": 1,
+            "visual_keep_rate": 0.75,
+            "visual_drop_layers": [0],
+            "cross_drop_layers": [0],
+        },
+        "embed_dim": 16,
+        "qa_decoder_depth": 1,
+    },
+    "data": {"num_workers": 0, "text_max_len": 16, "train": ["webvid"]},
+    "optim": {
+        "lr": 0.002,
+        "epochs": 2,
+        "warmup_epochs": 0.5,
+        "batch_size": 8,
+        "checkpoint_every": 2,
+    },
+    "eval": {"batch_size": 16, "k_test": 4, "answer_top_k": 8},
+}
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    """The ci benchmark, a config for it, and one MLflow store for the whole module."""
+    torch.set_num_threads(1)
+    base = tmp_path_factory.mktemp("engine")
+    root = base / "data"
+    generate(root, size="ci", seed=0, workers=1)
+    config = dict(
+        TINY, data={**TINY["data"], "root": str(root), "tokenizer": str(root / "tokenizer")}
+    )
+    config["tracking"] = {"uri": f"sqlite:///{base}/mlflow/mlflow.db"}
+    path = base / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return {"base": base, "config": str(path), "db": base / "mlflow" / "mlflow.db"}
+
+
+def stage(bench, command, out, *extra):
+    return main([command, "--config", bench["config"], "--out", str(out), *extra])
+
+
+def metrics_of(out):
+    return json.loads((out / "metrics.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def pretrained(bench):
+    out = bench["base"] / "pretrain"
+    assert stage(bench, "pretrain", out) == 0
+    return out
+
+
+def test_pretrain_writes_outputs_and_losses_fall(pretrained):
+    metrics = metrics_of(pretrained)
+    assert metrics["stage"] == "pretrain" and metrics["dataset"] == "webvid"
+    assert metrics["num_frames"] == 4 and metrics["arch"] == "svitt"
+    assert metrics["sparsity"]["attention"] == "sparse"
+    assert 0 < metrics["edge_sparsity"] < 1
+    first, last = metrics["train_loss_first_epoch"], metrics["train_loss_last_epoch"]
+    assert set(first) == {"loss", "vtc", "vtm", "mlm"}
+    assert last["loss"] < first["loss"]
+    assert metrics["train_steps"] == 16  # 64 pairs / 8 per batch * 2 epochs
+    assert metrics["skipped_videos"] == []
+    assert (pretrained / "checkpoint.pt").is_file() and not (pretrained / "last.pt").exists()
+    assert "epoch 2/2" in (pretrained / "log.txt").read_text()
+    state = torch.load(pretrained / "checkpoint.pt", weights_only=True)
+    assert state["step"] == 16 and state["config"]["model"]["vision"]["num_frames"] == 4
+    assert state["config"]["model"]["text"]["vocab_size"] > 5  # taken from the tokenizer
+
+
+def test_rerun_of_a_finished_run_does_nothing_and_another_config_fails(bench, pretrained, capsys):
+    before = (pretrained / "checkpoint.pt").stat().st_mtime_ns
+    assert stage(bench, "pretrain", pretrained) == 0
+    assert "already holds this finished run; nothing to do" in capsys.readouterr().out
+    assert (pretrained / "checkpoint.pt").stat().st_mtime_ns == before
+    assert stage(bench, "pretrain", pretrained, "--set", "optim.lr=0.5") == 2
+    assert "different stage, config or starting checkpoint" in capsys.readouterr().err
+    assert (pretrained / "checkpoint.pt").stat().st_mtime_ns == before
+
+
+def test_zero_shot_retrieval_with_eval_overrides(bench, pretrained):
+    out = bench["base"] / "zero-shot"
+    ckpt = str(pretrained / "checkpoint.pt")
+    args = ["--init-from", ckpt, "--set", "data.dataset=msrvtt", "--set", "eval.num_frames=8"]
+    assert stage(bench, "eval-retrieval", out, *args, "--set", "eval.frame_order=reverse") == 0
+    metrics = metrics_of(out)
+    assert metrics["num_queries"] == 16 and metrics["num_videos"] == 16
+    for key in ("r1", "r5", "r10", "mean_recall"):
+        assert 0.0 <= metrics[key] <= 100.0
+    assert metrics["r1"] <= metrics["r5"] <= metrics["r10"]
+    assert metrics["overrides"] == {"frame_order": "reverse", "num_frames": 8}
+    assert metrics["num_frames"] == 8  # the checkpoint's 4-frame weights were inflated
+    assert not (out / "checkpoint.pt").exists()  # evaluation writes metrics only
+
+
+def test_multi_positive_retrieval_counts_label_queries(bench, pretrained):
+    out = bench["base"] / "ssv2"
+    ckpt = str(pretrained / "checkpoint.pt")
+    assert (
+        stage(
+            bench,
+            "eval-retrieval",
+            out,
+            "--init-from",
+            ckpt,
+            "--set",
+            "data.dataset=ssv2_label",
+            "--set",
+            "eval.visual_keep_rate=0.5",
+        )
+        == 0
+    )
+    metrics = metrics_of(out)
+    assert (metrics["num_queries"], metrics["num_videos"]) == (8, 16)  # 8 labels x 2 videos
+    assert metrics["overrides"]["visual_keep_rate"] == 0.5
+    assert metrics["sparsity"]["visual_keep_rate"] == 0.5
+    assert 0.0 <= metrics["r1"] <= metrics["r5"] <= metrics["r10"] <= 100.0
+
+
+def test_finetune_qa_then_eval_qa_reproduces_its_accuracy(bench, pretrained):
+    ckpt = str(pretrained / "checkpoint.pt")
+    finetuned = bench["base"] / "qa"
+    common = ["--set", "data.dataset=msrvtt_qa", "--set", "optim.epochs=1"]
+    assert stage(bench, "finetune-qa", finetuned, "--init-from", ckpt, *common) == 0
+    trained = metrics_of(finetuned)
+    assert 0.0 <= trained["accuracy"] <= 100.0 and trained["num_questions"] == 32
+    assert set(trained["train_loss_last_epoch"]) == {"loss", "qa"}
+    evaluated = bench["base"] / "qa-eval"
+    again = ["--init-from", str(finetuned / "checkpoint.pt"), *common]
+    assert stage(bench, "eval-qa", evaluated, *again) == 0
+    assert metrics_of(evaluated)["accuracy"] == trained["accuracy"]
+
+
+def test_frozen_trains_with_vtc_only_and_ranks_by_cosine(bench):
+    out = bench["base"] / "frozen"
+    frozen = [
+        "--set",
+        "model.arch=frozen",
+        "--set",
+        "model.vision.abs_pos_emb=true",
+        "--set",
+        "model.vision.rel_pos_bias=false",
+        "--set",
+        "model.loss_weights={vtc: 1.0}",
+        "--set",
+        "data.dataset=didemo",
+        "--set",
+        "optim.epochs=1",
+    ]
+    assert stage(bench, "finetune-retrieval", out, *frozen) == 0
+    metrics = metrics_of(out)
+    assert set(metrics["train_loss_last_epoch"]) == {"loss", "vtc"}
+    assert metrics["k_test"] == 0  # no matching head: cosine ranking only
+    assert metrics["num_queries"] == 16 and 0.0 <= metrics["mean_recall"] <= 100.0
+
+
+def test_killed_run_resumes_to_the_same_result(bench):
+    # 24 pairs, micro-batches of 4, 2 accumulated per step: 3 steps per epoch, 6 in all.
+    common = [
+        "--set",
+        "data.train=[msrvtt]",
+        "--set",
+        "optim.batch_size=4",
+        "--set",
+        "optim.grad_accum=2",
+        "--set",
+        "optim.checkpoint_every=100",
+    ]
+    straight, resumed = bench["base"] / "straight", bench["base"] / "resumed"
+    assert stage(bench, "pretrain", straight, *common) == 0
+    # Stop mid-epoch 2 (after step 4), as a kill after a checkpoint would, then rerun.
+    assert stage(bench, "pretrain", resumed, *common, "--max-steps-this-run", "4") == 0
+    assert (resumed / "last.pt").is_file() and not (resumed / "metrics.json").exists()
+    assert torch.load(resumed / "last.pt", weights_only=True)["step"] == 4
+    assert stage(bench, "pretrain", resumed, *common) == 0
+
+    a, b = metrics_of(straight), metrics_of(resumed)
+    assert a["train_loss_per_epoch"] == b["train_loss_per_epoch"]
+    weights_a = torch.load(straight / "checkpoint.pt", weights_only=True)["model"]
+    weights_b = torch.load(resumed / "checkpoint.pt", weights_only=True)["model"]
+    for name, value in weights_a.items():
+        assert torch.equal(value, weights_b[name]), name
+
+
+def test_every_stage_is_recorded_in_mlflow(bench, pretrained):
+    db = sqlite3.connect(bench["db"])
+    stages = {row[0] for row in db.execute("select value from tags where key = 'stage'")}
+    assert "pretrain" in stages
+    run_id = db.execute(
+        "select run_uuid from tags where key = 'out' and value = ?", (str(pretrained),)
+    ).fetchone()[0]
+    status = db.execute("select status from runs where run_uuid = ?", (run_id,)).fetchone()[0]
+    assert status == "FINISHED"
+    keys = {row[0] for row in db.execute("select key from metrics where run_uuid = ?", (run_id,))}
+    assert {"train/loss", "train/vtc", "lr", "train_steps"} <= keys
+    steps = db.execute(
+        "select count(*) from metrics where run_uuid = ? and key = 'train/loss'", (run_id,)
+    ).fetchone()[0]
+    assert steps == 16
+    params = dict(db.execute("select key, value from params where run_uuid = ?", (run_id,)))
+    assert params["optim.lr"] == "0.002" and params["model.sparsity.attention"] == "sparse"
+    tags = dict(db.execute("select key, value from tags where run_uuid = ?", (run_id,)))
+    assert tags["num_frames"] == "4" and "K_r=1" in tags["sparsity"] and tags["git_commit"]
+
+
+@pytest.mark.parametrize(
+    ("command", "extra", "message"),
+    [
+        ("eval-retrieval", ["--set", "data.dataset=msrvtt_qa"], "data.dataset: got 'msrvtt_qa'"),
+        (
+            "finetune-qa",
+            ["--set", "data.dataset=nope"],
+            "allowed: ['msrvtt_qa', 'anet_qa', 'agqa']",
+        ),
+        ("pretrain", ["--set", "data.train=[webvid, imagenet]"], "data.train: got 'imagenet'"),
+        ("pretrain", ["--set", "optim.lr=-1"], "lr: got -1"),
+        ("pretrain", ["--set", "model.sparsty.block_size=2"], "unknown config key 'model.sparsty'"),
+        ("pretrain", ["--init-from", "missing.pt"], "--init-from: checkpoint not found"),
+        (
+            "eval-qa",
+            ["--set", "data.dataset=agqa", "--set", "data.root=/nonexistent"],
+            "annotation file not found: /nonexistent/agqa",
+        ),
+    ],
+)
+def test_bad_input_fails_before_any_work(bench, capsys, command, extra, message):
+    out = bench["base"] / "bad"
+    if command.startswith("eval") and "--init-from" not in extra:
+        extra = [*extra, "--init-from", bench["config"]]
+    assert stage(bench, command, out, *extra) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
