@@ -1,0 +1,99 @@
+"""Benchmarks: the baselines compute the right function, and the scripts run (no timing)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from benchmarks import attention as attention_bench
+from benchmarks import model as model_bench
+from benchmarks.common import peak_memory
+from benchmarks.naive_attention import loop_sparse_attention, masked_dense_attention, sparse_mask
+from svitt.models.attention import block_pattern
+
+
+@pytest.mark.parametrize("num_tokens", [32, 29])  # exact blocks, and a padded last block
+def test_loop_and_fused_match_masked_dense(num_tokens: int) -> None:
+    torch.manual_seed(0)
+    block_size = 4
+    num_blocks = -(-num_tokens // block_size)
+    key_blocks = block_pattern(num_blocks, 1, 3, torch.Generator().manual_seed(1))
+    shape = (2, 3, 1 + num_tokens, 8)
+    q, k, v = (torch.randn(shape, dtype=torch.float64, requires_grad=True) for _ in "qkv")
+    expected = masked_dense_attention(q, k, v, key_blocks, block_size)
+    grad = torch.randn(shape, dtype=torch.float64)
+    want = torch.autograd.grad(expected, (q, k, v), grad)
+    for kernel in (loop_sparse_attention, attention_bench.fused_sparse_attention):
+        out, cls_attn = kernel(q, k, v, key_blocks, block_size)
+        torch.testing.assert_close(out, expected)
+        assert torch.allclose(cls_attn.sum(-1), torch.ones((), dtype=torch.float64))
+        for got, ref in zip(torch.autograd.grad(out, (q, k, v), grad), want, strict=True):
+            torch.testing.assert_close(got, ref)
+
+
+def test_fused_bias_gradient_matches_library() -> None:
+    from svitt.models.attention import sparse_attention
+
+    torch.manual_seed(0)
+    num_tokens, block_size = 30, 4
+    key_blocks = block_pattern(8, 1, 3, torch.Generator().manual_seed(2))
+    table = torch.randn(64, 2, dtype=torch.float64, requires_grad=True)
+
+    def bias_fn(query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+        index = (query[..., :, None] * 7 + key[..., None, :] * 3) % table.shape[0]
+        return table[index].movedim(-1, 0)[None]
+
+    shape = (1, 2, 1 + num_tokens, 8)
+    q, k, v = (torch.randn(shape, dtype=torch.float64, requires_grad=True) for _ in "qkv")
+    grads = []
+    for kernel in (sparse_attention, attention_bench.fused_sparse_attention):
+        out, cls_attn = kernel(q, k, v, key_blocks, block_size, bias_fn)
+        loss = out.square().sum() + cls_attn.sum()
+        grads.append(torch.autograd.grad(loss, (q, k, v, table)))
+    for got, ref in zip(*grads, strict=True):
+        torch.testing.assert_close(got, ref)
+
+
+def test_sparse_mask_counts_the_pattern() -> None:
+    key_blocks = block_pattern(6, 1, 2, torch.Generator().manual_seed(0))
+    mask = sparse_mask(24, key_blocks, 4)
+    assert mask[0].all() and mask[:, 0].all()  # [CLS] row and column
+    assert int(mask[1:, 1:].sum()) == 24 * 3 * 4
+
+
+def test_peak_memory_counts_live_tensors() -> None:
+    def allocate() -> None:
+        a = torch.empty(1000, 1000)  # 4 MB
+        b = torch.empty(2000, 1000)  # 8 MB, while a is alive
+        del a, b
+
+    peak = peak_memory(allocate, torch.device("cpu"))
+    assert 12_000_000 <= peak < 12_100_000
+
+
+def test_attention_benchmark_quick(tmp_path: Path) -> None:
+    rows = attention_bench.main(["--quick", "--results", str(tmp_path), "--device", "cpu"])
+    table = pd.read_csv(tmp_path / "synthetic" / "tables" / "compute_attention.csv")
+    assert len(table) == len(rows) == 8
+    assert set(table["variant"]) == {"dense", "sparse", "fused", "loop"}
+    assert (tmp_path / "synthetic" / "tables" / "compute_attention.md").is_file()
+
+
+@pytest.mark.slow
+def test_model_benchmark_quick(tmp_path: Path) -> None:
+    model_bench.main(["--quick", "--results", str(tmp_path), "--device", "cpu"])
+    table = pd.read_csv(tmp_path / "synthetic" / "tables" / "compute.csv")
+    vision = table[table["part"] == "vision"]
+    assert set(vision["variant"]) == {"dense", "edge", "node", "hybrid"}
+    assert set(table[table["part"] == "multimodal"]["variant"]) == {
+        "no_cross_pruning",
+        "cross_pruning",
+    }
+    # Pruning removes FLOPs and edges whatever the timing noise.
+    by = vision[vision["frames"] == 4].set_index("variant")
+    assert by.loc["hybrid", "gflops"] < by.loc["dense", "gflops"]
+    assert by.loc["hybrid", "edges_m"] < by.loc["edge", "edges_m"] < by.loc["dense", "edges_m"]
+    assert (tmp_path / "synthetic" / "figures" / "compute.png").is_file()
