@@ -71,30 +71,47 @@ def barrier() -> None:
         dist.barrier()
 
 
+class _GatherWithGrad(torch.autograd.Function):
+    """all_gather whose backward all-reduces the gradient and keeps the local slice (public
+    collectives only; torch.distributed.nn.functional.all_gather is deprecated)."""
+
+    @staticmethod
+    def forward(ctx: Any, tensor: Tensor, counts: list[int]) -> Tensor:
+        ctx.counts, ctx.rank = counts, dist.get_rank()
+        padded = tensor.contiguous()
+        if len(tensor) < max(counts):
+            pad = tensor.new_zeros((max(counts) - len(tensor), *tensor.shape[1:]))
+            padded = torch.cat([padded, pad])
+        parts = [torch.empty_like(padded) for _ in counts]
+        dist.all_gather(parts, padded)
+        return torch.cat([part[:count] for part, count in zip(parts, counts, strict=True)])
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        grad = grad.contiguous()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        start = sum(ctx.counts[: ctx.rank])
+        return grad[start : start + ctx.counts[ctx.rank]], None
+
+
 def gather_with_grad(tensor: Tensor) -> Tensor:
     """All ranks' `tensor`s concatenated along dim 0, differentiable: VTC negatives then span
     the global batch (the authors' release contrasts within the local batch only).
 
     The backward pass sums every rank's gradient into the local slice; with DDP averaging the
     parameter gradients, a loss computed identically on every rank from gathered embeddings
-    gets exactly the single-process gradient of the combined batch.
+    gets exactly the single-process gradient of the combined batch. Ranks may hold different
+    numbers of rows (a training batch shrinks when its bad videos are dropped).
     """
     if not dist.is_initialized() or dist.get_world_size() == 1:
         return tensor
-    from torch.distributed.nn.functional import all_gather
-
-    # A training batch shrinks when its bad videos are dropped; all_gather needs equal shapes.
+    # nccl collectives need tensors on the GPU
     sizes = [
         torch.zeros(1, dtype=torch.long, device=tensor.device) for _ in range(dist.get_world_size())
     ]
     dist.all_gather(sizes, torch.tensor([len(tensor)], device=tensor.device))
     counts = [int(size) for size in sizes]
-    padded = tensor
-    if len(tensor) < max(counts):
-        pad = tensor.new_zeros((max(counts) - len(tensor), *tensor.shape[1:]))
-        padded = torch.cat([tensor, pad])
-    parts = all_gather(padded)
-    return torch.cat([part[:count] for part, count in zip(parts, counts, strict=True)], dim=0)
+    return _GatherWithGrad.apply(tensor, counts)
 
 
 def mean_across_ranks(value: Tensor) -> Tensor:
