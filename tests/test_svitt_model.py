@@ -223,8 +223,10 @@ def test_common_api_shapes():
         assert set(fused.kept[0][row].tolist()) <= set(video.positions[row].tolist())
 
 
-def test_vtm_needs_two_videos():
+def test_vtm_without_any_negative_is_zero_but_keeps_the_graph():
     model = SViTT(small_config(loss_weights={"vtm": 1.0}))
     batch = make_batch(batch=2) | {"video_id": torch.tensor([3, 3])}
-    with pytest.raises(ValueError, match="at least two different videos"):
-        model(batch)
+    losses = model(batch)
+    assert losses["vtm"].item() == 0.0
+    losses["loss"].backward()
+    assert model.vtm_head.weight.grad is not None
