@@ -4,14 +4,15 @@
 
 rule probe_finetuned:
     input:
-        config=f"{RUNS}/finetune-{{task}}/{{variant}}/T{{frames}}/{{dataset}}/{{probe}}/config.yaml",
         data=DATA_READY,
         init=lambda wildcards: init_checkpoint(f"finetune-{wildcards.task}")(wildcards),
     output:
         metrics=f"{RUNS}/finetune-{{task}}/{{variant}}/T{{frames}}/{{dataset}}/{{probe}}/metrics.json",
+        config=f"{RUNS}/finetune-{{task}}/{{variant}}/T{{frames}}/{{dataset}}/{{probe}}/config.yaml",
     wildcard_constraints:
         task="retrieval|qa",
     params:
+        config=lambda wildcards: run_config(f"finetune-{wildcards.task}")(wildcards),
         launcher=launcher,
         init=init_flag,
         out=lambda wildcards, output: Path(output.metrics).parent,
@@ -22,5 +23,6 @@ rule probe_finetuned:
     resources:
         gpu=0,
     shell:
-        "{params.launcher} svitt {params.command} --config {input.config} --out {params.out}"
+        WRITE_CONFIG
+        + "{params.launcher} svitt {params.command} --config {output.config} --out {params.out}"
         " {params.init} > {log} 2>&1"

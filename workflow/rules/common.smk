@@ -1,5 +1,4 @@
 # Config validation, run resolution and input functions shared by every rule file.
-import json
 from pathlib import Path
 
 import yaml
@@ -24,7 +23,7 @@ RUNS = PROFILE.runs_dir
 DATA = config["data"]
 ABLATIONS = config["ablations"]
 PROFILE_DUMP = f"{RUNS}/profile.yaml"
-DATA_READY = f"{RUNS}/data/ready.json"
+DATA_READY = f"{RUNS}/data/ready.txt"
 TOKENS_SPEC = load_spec(ABLATIONS, "figure_tokens")
 FIGURE_A1_SPEC = load_spec(ABLATIONS, "figure_A1")
 
@@ -105,24 +104,21 @@ def extra_runs():
     return runs
 
 
-def write_atomic(path, text):
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+def run_config(task, **fixed):
+    """Params function: the run's resolved RunConfig as YAML text (svitt.report.runs).
+
+    Each stage rule writes it to the run's config.yaml in its own shell command: a separate
+    config job would cost a Snakemake subprocess per run. As a param, a changed config reruns
+    the run (Snakemake's params rerun trigger).
+    """
+
+    def text(wildcards):
+        resolved = PROFILE.resolve(run_of(wildcards, task, **fixed))
+        return yaml.safe_dump(resolved, sort_keys=False)
+
+    return text
 
 
-localrules:
-    run_config,
+# Writes {params.config} to {output.config}, then runs the stage on it.
+WRITE_CONFIG = "printf '%s' {params.config:q} > {output.config} && "
 
-
-rule run_config:
-    """The resolved RunConfig of one run (the profile's layers merged; see svitt.report.runs)."""
-    output:
-        f"{RUNS}/{{run}}/config.yaml",
-    wildcard_constraints:
-        run=r"(pretrain|zero-shot|finetune-retrieval|finetune-qa|tokens)/[^/]+/T[0-9]+(/[^/]+){0,2}",
-    params:
-        resolved=lambda wildcards: PROFILE.resolve(Run.from_path(wildcards.run)),
-    run:
-        write_atomic(output[0], yaml.safe_dump(params.resolved, sort_keys=False))

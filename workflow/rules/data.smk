@@ -3,6 +3,8 @@
 # the run before any training. The config-only tables (A1, A4) do not depend on these rules.
 # Priority: the checks run first, so a failure stops the run before other work piles up.
 
+# Shell commands throughout: a `run:` block costs a Snakemake subprocess per job.
+
 
 localrules:
     profile_config,
@@ -15,18 +17,18 @@ rule profile_config:
     output:
         PROFILE_DUMP,
     params:
-        config=dict(config),
-    run:
-        write_atomic(output[0], yaml.safe_dump(params.config, sort_keys=False))
+        config=yaml.safe_dump(dict(config), sort_keys=False),
+    shell:
+        "printf '%s' {params.config:q} > {output}.tmp && mv {output}.tmp {output}"
 
 
 if DATA["source"] == "synthetic":
 
     rule synthetic_data:
         """The embedded synthetic benchmark: real mp4 files + Singularity-format JSON + tokenizer."""
+        # The whole root: `svitt synthetic` writes it from scratch (and refuses a foreign one).
         output:
-            annotations=[f"{DATA['root']}/{name}/annotations/train.json" for name in all_datasets()],
-            tokenizer=directory(DATA["tokenizer"]),
+            directory(DATA["root"]),
         params:
             root=DATA["root"],
             size=DATA.get("synthetic_size", "default"),
@@ -43,11 +45,7 @@ if DATA["source"] == "synthetic":
 rule validate_data:
     """Decode every video of a dataset and check its annotations; fails naming a missing path."""
     input:
-        generated=(
-            [f"{DATA['root']}/{{dataset}}/annotations/train.json"]
-            if DATA["source"] == "synthetic"
-            else []
-        ),
+        generated=[DATA["root"]] if DATA["source"] == "synthetic" else [],
     output:
         f"{RUNS}/data/{{dataset}}.json",
     params:
@@ -63,20 +61,16 @@ rule validate_data:
 rule check_pretrained:
     """Every tokenizer and weight path of the profile must exist (nothing is downloaded)."""
     input:
-        generated=[DATA["tokenizer"]] if DATA["source"] == "synthetic" else [],
+        generated=[DATA["root"]] if DATA["source"] == "synthetic" else [],
     output:
-        f"{RUNS}/data/pretrained.json",
+        f"{RUNS}/data/pretrained.txt",
     params:
         paths=pretrained_paths(),
     priority: 10
-    run:
-        missing = [p for p in params.paths if not Path(p).exists()]
-        if missing:
-            raise FileNotFoundError(
-                "pretrained weights / tokenizer not found: " + ", ".join(missing)
-                + " (set the paths in the profile config; nothing is downloaded)"
-            )
-        write_atomic(output[0], json.dumps({"checked": list(params.paths)}, indent=2))
+    shell:
+        "for path in {params.paths:q}; do test -e \"$path\" || {{ echo \"pretrained weights /"
+        " tokenizer not found: $path (set the paths in the profile config; nothing is"
+        " downloaded)\" >&2; exit 1; }}; done; printf '%s\\n' {params.paths:q} > {output}"
 
 
 rule data_ready:
@@ -85,5 +79,5 @@ rule data_ready:
         pretrained=rules.check_pretrained.output,
     output:
         DATA_READY,
-    run:
-        write_atomic(output[0], json.dumps({"reports": list(input.reports)}, indent=2))
+    shell:
+        "printf '%s\\n' {input.reports:q} > {output}"

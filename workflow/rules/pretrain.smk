@@ -5,13 +5,14 @@
 
 rule pretrain:
     input:
-        config=f"{RUNS}/pretrain/{{variant}}/T{{frames}}/config.yaml",
         data=DATA_READY,
         init=init_checkpoint("pretrain"),
     output:
         checkpoint=f"{RUNS}/pretrain/{{variant}}/T{{frames}}/checkpoint.pt",
         metrics=f"{RUNS}/pretrain/{{variant}}/T{{frames}}/metrics.json",
+        config=f"{RUNS}/pretrain/{{variant}}/T{{frames}}/config.yaml",
     params:
+        config=run_config("pretrain"),
         launcher=launcher,
         init=init_flag,
         out=lambda wildcards, output: Path(output.metrics).parent,
@@ -21,5 +22,5 @@ rule pretrain:
     resources:
         gpu=0,
     shell:
-        "{params.launcher} svitt pretrain --config {input.config} --out {params.out}"
+        WRITE_CONFIG + "{params.launcher} svitt pretrain --config {output.config} --out {params.out}"
         " {params.init} > {log} 2>&1"

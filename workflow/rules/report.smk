@@ -63,7 +63,6 @@ def tokens_run(wildcards):
 
 rule figure_tokens:
     input:
-        config=lambda wildcards: f"{PROFILE.run_dir(tokens_run(wildcards))}/config.yaml",
         checkpoint=lambda wildcards: PROFILE.checkpoint(tokens_run(wildcards)),
         data=DATA_READY,
     output:
@@ -73,13 +72,15 @@ rule figure_tokens:
             category="Figures",
             labels={"figure": "{figure}"},
         ),
+        config=f"{RUNS}/figures/{{figure}}-config.yaml",
     wildcard_constraints:
         figure="|".join(TOKENS_SPEC["figures"]),
     params:
+        config=lambda wildcards: yaml.safe_dump(PROFILE.resolve(tokens_run(wildcards))),
         clips=lambda wildcards: " ".join(map(str, TOKENS_SPEC["figures"][wildcards.figure]["clips"])),
     log:
         f"{RUNS}/logs/figure-{{figure}}.log",
     threads: 1
     shell:
-        "svitt figure tokens --checkpoint {input.checkpoint} --config {input.config}"
-        " --clips {params.clips} --out {output} > {log} 2>&1"
+        WRITE_CONFIG + "svitt figure tokens --checkpoint {input.checkpoint} --config"
+        " {output.config} --clips {params.clips} --out {output[0]} > {log} 2>&1"
