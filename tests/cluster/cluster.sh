@@ -6,8 +6,9 @@
 #                                            until the node is idle; prints `export SLURM_CONF=...`
 #   tests/cluster/cluster.sh down STATE_DIR cancel jobs, stop the daemons by their pid files
 #
-# Everything (config, munge key and socket, spool, state, logs, pid files) lives in STATE_DIR,
-# with one exception: /etc/slurm/slurm.conf becomes a symlink to STATE_DIR/slurm.conf while the
+# Everything (config, spool, state, logs, pid files) lives in STATE_DIR, with two exceptions.
+# munged (user munge) keeps its key, socket and log in a /tmp/svitt-munge.* directory named in
+# STATE_DIR/munge-dir, since STATE_DIR's parents may be closed to other users. And /etc/slurm/slurm.conf becomes a symlink to STATE_DIR/slurm.conf while the
 # cluster is up, because the Snakemake job step (snakemake-executor-plugin-slurm-jobstep) calls
 # `srun` with every SLURM_* variable removed, SLURM_CONF included, so srun only finds the
 # compiled-in path. `up` refuses to replace an /etc/slurm/slurm.conf it did not create; `down`
@@ -53,7 +54,9 @@ cmd_install() {
 # Print the last lines of each daemon log (on failure).
 show_logs() {
     local state="$1"
-    for log in "$state"/log/*.log "$state"/munge/*.log; do
+    local munge=""
+    [[ -f "$state/munge-dir" ]] && munge="$(cat "$state/munge-dir")"
+    for log in "$state"/log/*.log ${munge:+"$munge"/*.log}; do
         [[ -f "$log" ]] || continue
         echo "----- $log (last 20 lines) -----" >&2
         tail -n 20 "$log" >&2
@@ -85,19 +88,21 @@ cmd_up() {
         command -v "$exe" >/dev/null 2>&1 || die "$exe not found: run '$0 install' first"
     done
     [[ -e "$state/slurmctld.pid" ]] && die "$state already holds a cluster: '$0 down $state'"
-    mkdir -p "$state"/{munge,ctld,slurmd,log}
+    mkdir -p "$state"/{ctld,slurmd,log}
     state="$(cd "$state" && pwd)"
     # munged runs as the munge user and refuses group/world-writable directories on its paths.
-    chmod 0755 "$state" "$state/log"
-    chown munge:munge "$state/munge"
-    chmod 0755 "$state/munge"
+    local munge
+    munge="$(mktemp -d /tmp/svitt-munge.XXXXXX)"
+    echo "$munge" >"$state/munge-dir"
+    chown munge:munge "$munge"
+    chmod 0755 "$munge"
 
     local host cpus mem_kb mem_mb
     host="$(hostname -s)"
     cpus="$(nproc)"
     mem_kb="$(awk '/^MemTotal:/ {print $2}' /proc/meminfo)"
     mem_mb=$((mem_kb * 9 / 10 / 1024))
-    sed -e "s|@STATE@|$state|g" -e "s|@HOST@|$host|g" -e "s|@CPUS@|$cpus|g" \
+    sed -e "s|@STATE@|$state|g" -e "s|@MUNGE@|$munge|g" -e "s|@HOST@|$host|g" -e "s|@CPUS@|$cpus|g" \
         -e "s|@MEM_MB@|$mem_mb|g" -e "s|@CTLD_PORT@|$CTLD_PORT|g" \
         -e "s|@SLURMD_PORT@|$SLURMD_PORT|g" -e "s|@PARTITION@|$PARTITION|g" \
         -e "s|@MIN_JOB_AGE@|$MIN_JOB_AGE|g" \
@@ -114,20 +119,20 @@ cmd_up() {
     ln -s "$SLURM_CONF" "$SYSTEM_CONF"
 
     # A private munge key and daemon (its socket is named in slurm.conf's AuthInfo).
-    head -c 1024 /dev/urandom >"$state/munge/munge.key"
-    chown munge:munge "$state/munge/munge.key"
-    chmod 0600 "$state/munge/munge.key"
+    head -c 1024 /dev/urandom >"$munge/munge.key"
+    chown munge:munge "$munge/munge.key"
+    chmod 0600 "$munge/munge.key"
     runuser -u munge -- munged \
-        --socket="$state/munge/munge.socket" \
-        --key-file="$state/munge/munge.key" \
-        --pid-file="$state/munge/munged.pid" \
-        --log-file="$state/munge/munged.log" \
-        --seed-file="$state/munge/munged.seed" ||
+        --socket="$munge/munge.socket" \
+        --key-file="$munge/munge.key" \
+        --pid-file="$munge/munged.pid" \
+        --log-file="$munge/munged.log" \
+        --seed-file="$munge/munged.seed" ||
         {
             show_logs "$state"
             die "munged did not start"
         }
-    wait_for 10 "munged is up" test -S "$state/munge/munge.socket" ||
+    wait_for 10 "munged is up" test -S "$munge/munge.socket" ||
         {
             show_logs "$state"
             die "munged socket did not appear"
@@ -191,7 +196,15 @@ cmd_down() {
     fi
     stop_pidfile "$state/slurmd.pid" slurmd
     stop_pidfile "$state/slurmctld.pid" slurmctld
-    stop_pidfile "$state/munge/munged.pid" munged
+    if [[ -f "$state/munge-dir" ]]; then
+        local munge
+        munge="$(cat "$state/munge-dir")"
+        if [[ "$munge" == /tmp/svitt-munge.* && -d "$munge" ]]; then
+            stop_pidfile "$munge/munged.pid" munged
+            rm -rf "$munge"
+        fi
+        rm -f "$state/munge-dir"
+    fi
     if [[ -L "$SYSTEM_CONF" && "$(readlink "$SYSTEM_CONF")" == "$state/slurm.conf" ]]; then
         rm -f "$SYSTEM_CONF"
     fi

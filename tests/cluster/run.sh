@@ -62,7 +62,6 @@ done
 export PATH="$VENV_BIN:$PATH" # the jobs inherit it (sbatch --export=ALL)
 
 TMP="$(mktemp -d /tmp/svitt-cluster.XXXXXX)"
-chmod 0755 "$TMP" # munged (user munge) must reach its socket below
 STATE="$TMP/slurm"
 WATCHER_PID=""
 
