@@ -47,7 +47,7 @@ class VideoQA(nn.Module):
             )
         self.cfg = cfg
         self.encoder = ENCODERS[cfg.arch](cfg, pretraining_heads=False)
-        config = bert_config(cfg.text, cross_attention=True, decoder=True)
+        config = bert_config(cfg.text, cross_attention=True)
         self.decoder_embeddings = BertEmbeddings(config)
         self.decoder_layers = nn.ModuleList(
             bert_layer(config, causal=True) for _ in range(cfg.qa_decoder_depth)

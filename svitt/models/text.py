@@ -20,10 +20,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from einops import rearrange
 from safetensors.torch import load_file as load_safetensors
 from torch import Tensor, nn
 from transformers import BertConfig
-from transformers.models.bert.modeling_bert import BertEmbeddings, BertLayer, BertOnlyMLMHead
+from transformers.models.bert.modeling_bert import (
+    BertCrossAttention,
+    BertEmbeddings,
+    BertLayer,
+    BertOnlyMLMHead,
+)
 
 from svitt.config import ConfigError, SparsityConfig, TextConfig
 from svitt.sparsity import keep_count
@@ -31,14 +37,11 @@ from svitt.sparsity import keep_count
 IGNORE_INDEX = -100  # label of tokens that carry no MLM / answer loss
 
 
-def bert_config(
-    cfg: TextConfig, *, cross_attention: bool = False, decoder: bool = False, eager: bool = False
-) -> BertConfig:
-    """The transformers config of one kind of layer of our stack.
+def bert_config(cfg: TextConfig, *, cross_attention: bool = False) -> BertConfig:
+    """The transformers config of our layers (SDPA attention).
 
-    `cross_attention` needs `is_decoder=True` in transformers (which also marks self-attention
-    causal); encoder layers undo that after construction, see `bert_layer`. `eager` gives
-    attention weights back (needed where tokens are pruned by attention).
+    `cross_attention` needs `is_decoder=True` in transformers, which also marks self-attention
+    causal; encoder layers undo that after construction, see `bert_layer`.
     """
     config = BertConfig(
         vocab_size=cfg.vocab_size,
@@ -48,10 +51,10 @@ def bert_config(
         intermediate_size=cfg.mlp_dim,
         max_position_embeddings=cfg.max_positions,
         pad_token_id=cfg.pad_token_id,
-        is_decoder=cross_attention or decoder,
+        is_decoder=cross_attention,
         add_cross_attention=cross_attention,
     )
-    config._attn_implementation = "eager" if eager else "sdpa"
+    config._attn_implementation = "sdpa"
     return config
 
 
@@ -101,6 +104,20 @@ def gather_tokens(tokens: Tensor, index: Tensor) -> Tensor:
     return tokens.gather(1, index[..., None].expand(-1, -1, tokens.shape[-1]))
 
 
+def text_cls_attention(attention: BertCrossAttention, text: Tensor, video: Tensor) -> Tensor:
+    """[B, n] attention of the text [CLS] query on the non-[CLS] video tokens, mean over heads.
+
+    The same softmax as inside `attention`, recomputed for one query row without attention
+    dropout, so the tokens kept in training do not depend on dropout noise.
+    """
+    query = rearrange(
+        attention.query(text[:, :1]), "b q (h d) -> b h q d", h=attention.num_attention_heads
+    )
+    key = rearrange(attention.key(video), "b n (h d) -> b h d n", h=attention.num_attention_heads)
+    weights = (query @ key * attention.scaling).softmax(dim=-1)  # [B, H, 1, 1 + n]
+    return weights[:, :, 0, 1:].mean(dim=1)
+
+
 @dataclass
 class FusionOutput:
     """Output of the multimodal encoder `f_m`."""
@@ -143,10 +160,9 @@ class TextEncoder(nn.Module):
         self.embeddings = BertEmbeddings(bert_config(cfg))
         text_config = bert_config(cfg)
         layers = [bert_layer(text_config, causal=False) for _ in range(self.num_text_layers)]
-        for index in range(self.num_cross_layers):
-            # Eager attention returns the attention weights the pruning ranks tokens by.
-            config = bert_config(cfg, cross_attention=True, eager=index in self.prune_layers)
-            layers.append(bert_layer(config, causal=False, video_dim=video_dim))
+        cross_config = bert_config(cfg, cross_attention=True)
+        for _ in range(self.num_cross_layers):
+            layers.append(bert_layer(cross_config, causal=False, video_dim=video_dim))
         self.layers = nn.ModuleList(layers)
         self.mlm_head = BertOnlyMLMHead(bert_config(cfg)) if mlm_head else None
         self.apply(init_bert_weights)
@@ -183,19 +199,21 @@ class TextEncoder(nn.Module):
         for index, layer in enumerate(self.layers[self.num_text_layers :]):
             seen.append(video.shape[1] - 1)
             hidden = layer.attention(hidden, self_mask)[0]
-            hidden, weights = layer.crossattention(hidden, None, video, None)
-            hidden = layer.feed_forward_chunk(hidden)
+            scores = None
             if index in self.prune_layers:
-                video, positions = self._prune(video, positions, weights)
+                scores = text_cls_attention(layer.crossattention.self, hidden, video)
+            hidden = layer.crossattention(hidden, None, video, None)[0]
+            hidden = layer.feed_forward_chunk(hidden)
+            if scores is not None:
+                video, positions = self._prune(video, positions, scores)
                 kept.append(positions)
         return FusionOutput(hidden=hidden, kept=kept, video_tokens_seen=seen)
 
-    def _prune(self, video: Tensor, positions: Tensor, weights: Tensor) -> tuple[Tensor, Tensor]:
-        """Keep the video [CLS] and the non-[CLS] tokens the text [CLS] attends to most."""
-        cls_attention = weights[:, :, 0, 1:].mean(dim=1)  # [B, n], mean over heads
-        count = keep_count(cls_attention.shape[1], self.sparsity.cross_keep_rate)
+    def _prune(self, video: Tensor, positions: Tensor, scores: Tensor) -> tuple[Tensor, Tensor]:
+        """Keep the video [CLS] and the `ceil(q_m * n)` best-scored non-[CLS] tokens."""
+        count = keep_count(scores.shape[1], self.sparsity.cross_keep_rate)
         # Sorted, so kept tokens stay in sequence order (cross-attention ignores order anyway).
-        index = cls_attention.topk(count, dim=1).indices.sort(dim=1).values
+        index = scores.topk(count, dim=1).indices.sort(dim=1).values
         video = torch.cat([video[:, :1], gather_tokens(video[:, 1:], index)], dim=1)
         return video, positions.gather(1, index)
 
