@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import BertConfig, BertModel
+from transformers import BertConfig, BertForPreTraining, BertModel
 
 from svitt.config import ConfigError, SparsityConfig, TextConfig
 from svitt.models.text import TextEncoder, additive_mask, load_text_weights
@@ -146,3 +146,37 @@ def test_causal_additive_mask():
         [[0, 1, 1, 1], [0, 0, 1, 1], [0, 0, 0, 1], [0, 0, 0, 1]], dtype=torch.bool
     )
     assert torch.equal(blocked, expected)
+
+
+def test_legacy_bert_base_uncased_layout_loads(tmp_path):
+    """The hub's original pytorch_model.bin: `bert.` prefix, LayerNorm gamma/beta, MLM head."""
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=64, max_position_embeddings=24,
+    )  # fmt: skip
+    bert = BertForPreTraining(config).eval()
+    torch.nn.init.normal_(bert.cls.predictions.bias)  # zeros at init: make the check count
+    state = {
+        key.replace("LayerNorm.weight", "LayerNorm.gamma").replace(
+            "LayerNorm.bias", "LayerNorm.beta"
+        ): value
+        for key, value in bert.state_dict().items()
+    }
+    torch.save(state, tmp_path / "pytorch_model.bin")
+    config.to_json_file(tmp_path / "config.json")
+    encoder = TextEncoder(text_config(depth=2, cross_depth=0), SparsityConfig(), video_dim=32)
+    assert load_text_weights(encoder, tmp_path) == []
+    torch.testing.assert_close(
+        encoder.embeddings.LayerNorm.weight, bert.bert.embeddings.LayerNorm.weight
+    )
+    torch.testing.assert_close(
+        encoder.mlm_head.predictions.transform.LayerNorm.bias,
+        bert.cls.predictions.transform.LayerNorm.bias,
+    )
+    torch.testing.assert_close(encoder.mlm_head.predictions.bias, bert.cls.predictions.bias)
+    # Positions beyond max_positions (16) are cut from the 24 of the checkpoint.
+    torch.testing.assert_close(
+        encoder.embeddings.position_embeddings.weight,
+        bert.bert.embeddings.position_embeddings.weight[:16],
+    )
