@@ -171,6 +171,7 @@ def _run(args: argparse.Namespace, stage: str) -> int:
             collator(cfg, run.tokenizer, clips),
             lambda m, batch: m(batch, gather=gather_with_grad),
             args.max_steps_this_run,
+            runner.all_heads_trained(model, cfg.model),
         )
         if summary is None:
             return 0

@@ -405,6 +405,7 @@ def train(
     collate: Callable,
     loss_fn: LossFn,
     max_steps_this_run: int | None = None,
+    all_parameters_used: bool = True,
 ) -> TrainSummary | None:
     """Train `model` in place; None when stopped early by `max_steps_this_run` (last.pt holds
     the state to resume from). The data order of epoch e is a permutation seeded by (seed, e),
@@ -444,7 +445,7 @@ def train(
         ddp = nn.parallel.DistributedDataParallel(
             model,
             device_ids=[env.device.index] if env.device.type == "cuda" else None,
-            find_unused_parameters=True,
+            find_unused_parameters=not all_parameters_used,
         )
     stop_at = total if max_steps_this_run is None else min(total, step + max_steps_this_run)
     bar = progress(env, total=total, initial=step, desc=f"{run.stage} train", unit="step")
@@ -553,6 +554,14 @@ def train(
 
 def _all_ranks(items: list[str]) -> list[str]:
     return sorted({item for rank_items in dist_utils.gather_objects(items) for item in rank_items})
+
+
+def all_heads_trained(model: nn.Module, model_cfg: ModelConfig) -> bool:
+    """False when a loss with weight 0 leaves its head (and maybe f_m) without gradients,
+    which DDP must then look for every step."""
+    if not getattr(model, "has_matching_head", False):
+        return True
+    return all(model_cfg.loss_weights.get(name) for name in ("vtc", "vtm", "mlm"))
 
 
 # --- results ----------------------------------------------------------------------------------
