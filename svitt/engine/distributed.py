@@ -15,6 +15,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from svitt.config import ConfigError
+
 
 @dataclass(frozen=True)
 class DistEnv:
@@ -149,12 +151,12 @@ def epoch_batches(
     evenly across ranks. Pure, so a resumed run reproduces the exact order and can skip the
     batches it already did."""
     if global_batch % world_size:
-        raise ValueError(
+        raise ConfigError(
             f"optim.batch_size: got {global_batch}; allowed: a multiple of the "
             f"{world_size} processes (it is the global batch, split across ranks)"
         )
     if num_samples < global_batch:
-        raise ValueError(
+        raise ConfigError(
             f"optim.batch_size: got {global_batch}; allowed: at most the {num_samples} "
             "training samples of the dataset"
         )

@@ -29,7 +29,7 @@ def _run(args: argparse.Namespace) -> int:
     from svitt.data.datasets import clip_loader, collator, text_video_dataset
     from svitt.models.factory import create_model
 
-    run = runner.start_run(args, "pretrain", check)
+    run = runner.start_run(args, "pretrain", check, training=True)
     if run is None:
         return 0
     cfg = run.cfg

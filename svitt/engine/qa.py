@@ -117,7 +117,7 @@ def _run(args: argparse.Namespace, stage: str) -> int:
     from svitt.models.factory import create_qa_model
 
     training = stage == "finetune-qa"
-    run = runner.start_run(args, stage, check_train if training else check_test)
+    run = runner.start_run(args, stage, check_train if training else check_test, training)
     if run is None:
         return 0
     cfg = run.cfg

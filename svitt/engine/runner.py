@@ -247,7 +247,7 @@ class Run:
 
 
 def start_run(
-    args: argparse.Namespace, stage: str, check: Callable[[RunConfig], None]
+    args: argparse.Namespace, stage: str, check: Callable[[RunConfig], None], training: bool
 ) -> Run | None:
     """Everything before the work: config and input checks, tokenizer ids, finished/resume
     detection, process group, log file, MLflow. None if --out already holds this run."""
@@ -262,7 +262,6 @@ def start_run(
     out: Path = args.out
     source = str(args.init_from) if args.init_from is not None else None
     identity = run_identity(stage, asdict(cfg), source)
-    training = hasattr(args, "max_steps_this_run")
     if not args.force and finished_run(out, identity, needs_checkpoint=training):
         print(f"svitt {stage}: {out} already holds this finished run; nothing to do")
         return None
@@ -530,7 +529,7 @@ def train(
                     "epochs": epochs,
                     "epoch_sums": sums,
                     "epoch_count": count,
-                    "skipped": run.skipped,
+                    "skipped": _all_ranks(run.skipped),
                     "rng": dist_utils.gather_objects(rng_state()),
                     "config": asdict(run.cfg),
                     "identity": run.identity,
