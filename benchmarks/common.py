@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 from torch.profiler import ProfilerActivity, profile
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 
 def pick_device(name: str) -> torch.device:
@@ -124,9 +124,25 @@ def peak_memory(fn: Callable[[], Any], device: torch.device) -> int:
     return peak
 
 
+def _cpu_sdpa_flops(q: Any, k: Any, v: Any, *args: Any, **kwargs: Any) -> int:
+    return sdpa_flop_count(q, k, v)
+
+
+def _cpu_sdpa_backward_flops(grad: Any, q: Any, k: Any, v: Any, *args: Any, **kwargs: Any) -> int:
+    return sdpa_backward_flop_count(grad, q, k, v)
+
+
+# FlopCounterMode has no formula for the CPU flash-attention ops: it would count dense SDPA
+# on CPU as zero FLOPs. These use its CUDA SDPA formulas (the same matmuls).
+_CPU_SDPA = {
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa_flops,
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_sdpa_backward_flops,
+}
+
+
 def count_flops(fn: Callable[[], Any]) -> int:
     """FLOPs of `fn()` (forward and backward if it runs both)."""
-    with FlopCounterMode(display=False) as counter:
+    with FlopCounterMode(display=False, custom_mapping=_CPU_SDPA) as counter:
         fn()
     return counter.get_total_flops()
 
