@@ -16,6 +16,15 @@ VOCAB = 40
 CLS, SEP = 1, 2
 
 
+@pytest.fixture(autouse=True)
+def single_thread():
+    """Tiny shapes run fastest on one thread; two contend badly on a busy 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def small_config(arch: str = "svitt") -> ModelConfig:
     return ModelConfig(
         arch=arch,

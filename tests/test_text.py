@@ -13,6 +13,15 @@ VOCAB = 40
 SPECIALS = {"pad_token_id": 0, "cls_token_id": 1, "sep_token_id": 2, "mask_token_id": 3}
 
 
+@pytest.fixture(autouse=True)
+def single_thread():
+    """Tiny shapes run fastest on one thread; two contend badly on a busy 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def text_config(depth: int = 3, cross_depth: int = 1, dim: int = 32) -> TextConfig:
     return TextConfig(
         vocab_size=VOCAB, dim=dim, depth=depth, cross_depth=cross_depth, heads=4,

@@ -23,6 +23,15 @@ from svitt.sparsity import count_edges
 VOCAB = 40
 
 
+@pytest.fixture(autouse=True)
+def single_thread():
+    """Tiny shapes run fastest on one thread; two contend badly on a busy 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def small_config(arch: str = "svitt", **sparsity) -> ModelConfig:
     vision = VisionConfig(image_size=16, patch_size=8, num_frames=4, dim=32, depth=2, heads=4)
     if arch == "frozen":
