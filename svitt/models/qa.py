@@ -53,7 +53,8 @@ class VideoQA(nn.Module):
             bert_layer(config, causal=True) for _ in range(cfg.qa_decoder_depth)
         )
         self.lm_head = BertOnlyMLMHead(config)
-        self.lm_head.apply(init_bert_weights)
+        for module in (self.decoder_embeddings, self.decoder_layers, self.lm_head):
+            module.apply(init_bert_weights)
         tie_mlm_head(self.lm_head, self.decoder_embeddings)
         self.init_decoder(self.encoder.text.state_dict())
 
@@ -74,7 +75,7 @@ class VideoQA(nn.Module):
             group, rest = key.split(".", 1)
             if group == "layers":
                 index, rest = rest.split(".", 1)
-                group = f"decoder_layers.{int(index) - first}"
+                group = f"decoder_layers.{int(index) - first}"  # negative: not a source
             name = {"embeddings": "decoder_embeddings", "mlm_head": "lm_head"}.get(group, group)
             name = f"{name}.{rest}"
             if name in ours and ours[name].shape == value.shape:
