@@ -113,6 +113,18 @@ def test_rerun_of_a_finished_run_does_nothing_and_another_config_fails(bench, pr
     assert (pretrained / "checkpoint.pt").stat().st_mtime_ns == before
 
 
+def test_progressive_pretraining_inflates_a_shorter_clip_checkpoint(bench, pretrained):
+    out = bench["base"] / "pretrain-T8"
+    ckpt = str(pretrained / "checkpoint.pt")
+    longer = ["--set", "model.vision.num_frames=8", "--set", "data.train=[msrvtt]"]
+    assert (
+        stage(bench, "pretrain", out, "--init-from", ckpt, *longer, "--set", "optim.epochs=1") == 0
+    )
+    assert metrics_of(out)["num_frames"] == 8
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert state["config"]["model"]["vision"]["num_frames"] == 8
+
+
 def test_zero_shot_retrieval_with_eval_overrides(bench, pretrained):
     out = bench["base"] / "zero-shot"
     ckpt = str(pretrained / "checkpoint.pt")

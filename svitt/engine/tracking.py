@@ -32,6 +32,7 @@ DEFAULT_URI = "sqlite:///results/mlflow.db"
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on one param value
 FLUSH_EVERY = 200  # buffered metric values per write
 T = TypeVar("T")
+_JITTER = random.Random()  # not the global generator: logging must not shift training's draws
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,7 @@ def with_retry(call: Callable[[], T], attempts: int = 12, base_delay: float = 0.
         except Exception as err:
             if not is_lock_error(err) or attempt == attempts - 1:
                 raise
-            time.sleep(base_delay * 2**attempt * (1 + random.random()))
+            time.sleep(base_delay * 2**attempt * (1 + _JITTER.random()))
     raise AssertionError("unreachable")
 
 
