@@ -57,7 +57,8 @@ TINY = {
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory):
     """The ci benchmark, a config for it, and one MLflow store for the whole module."""
-    torch.set_num_threads(1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matrices: threads only add overhead
     base = tmp_path_factory.mktemp("engine")
     root = base / "data"
     generate(root, size="ci", seed=0, workers=1)
@@ -67,7 +68,8 @@ def bench(tmp_path_factory):
     config["tracking"] = {"uri": f"sqlite:///{base}/mlflow/mlflow.db"}
     path = base / "config.yaml"
     path.write_text(yaml.safe_dump(config))
-    return {"base": base, "config": str(path), "db": base / "mlflow" / "mlflow.db"}
+    yield {"base": base, "config": str(path), "db": base / "mlflow" / "mlflow.db"}
+    torch.set_num_threads(threads)
 
 
 def stage(bench, command, out, *extra):
@@ -170,7 +172,7 @@ def test_finetune_qa_then_eval_qa_reproduces_its_accuracy(bench, pretrained):
     common = ["--set", "data.dataset=msrvtt_qa", "--set", "optim.epochs=1"]
     assert stage(bench, "finetune-qa", finetuned, "--init-from", ckpt, *common) == 0
     trained = metrics_of(finetuned)
-    assert 0.0 <= trained["accuracy"] <= 100.0 and trained["num_questions"] == 32
+    assert 0.0 <= trained["accuracy"] <= 100.0 and trained["num_queries"] == 32
     assert set(trained["train_loss_last_epoch"]) == {"loss", "qa"}
     evaluated = bench["base"] / "qa-eval"
     again = ["--init-from", str(finetuned / "checkpoint.pt"), *common]

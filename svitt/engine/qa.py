@@ -65,7 +65,7 @@ def evaluate(run: runner.Run, model: nn.Module, cfg: RunConfig) -> dict[str, Any
     data = qa_eval(cfg, run.tokenizer)
     model.eval().to(env.device)
     answer_ids, answer_mask = data.answer_ids.to(env.device), data.answer_mask.to(env.device)
-    predicted, gold, question_ids = [], [], []
+    predicted, gold, videos = [], [], set()
     for batch in runner.progress(env, iterable=data.questions, desc="answer", unit="batch"):
         if len(batch["video"]) == 0:
             continue
@@ -80,12 +80,13 @@ def evaluate(run: runner.Run, model: nn.Module, cfg: RunConfig) -> dict[str, Any
             )
         predicted.append(choice.cpu())
         gold.append(batch["answer_index"])
-        question_ids.append(batch["question_id"])
+        videos.update(batch["video_id"].tolist())
     run.skipped.extend(data.questions.skipped)
     predicted_all, gold_all = torch.cat(predicted), torch.cat(gold)
     return {
         "accuracy": accuracy(predicted_all, gold_all),
-        "num_questions": len(gold_all),
+        "num_queries": len(gold_all),
+        "num_videos": len(videos),
         "num_answers": len(data.answers),
         "answers_in_list": 100.0 * (gold_all >= 0).double().mean().item(),
         "answer_top_k": cfg.eval.answer_top_k,

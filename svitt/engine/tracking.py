@@ -143,8 +143,9 @@ class Tracker:
             return tracker
         tracker.uri = resolve_uri(cfg)
         check_reachable(tracker.uri)
-        _quiet_mlflow()
         from mlflow.tracking import MlflowClient
+
+        _quiet_mlflow()  # after the import: importing mlflow resets its loggers to INFO
 
         with store_lock(tracker.uri):
             client = MlflowClient(tracking_uri=tracker.uri)
