@@ -2,6 +2,7 @@
 exact resume, finished-run detection, MLflow records and bad-input errors."""
 
 import json
+import shutil
 import sqlite3
 
 import pytest
@@ -250,6 +251,29 @@ def test_every_stage_is_recorded_in_mlflow(bench, pretrained):
     assert params["optim.lr"] == "0.002" and params["model.sparsity.attention"] == "sparse"
     tags = dict(db.execute("select key, value from tags where run_uuid = ?", (run_id,)))
     assert tags["num_frames"] == "4" and "K_r=1" in tags["sparsity"] and tags["git_commit"]
+
+
+def test_bad_videos_are_skipped_in_training_and_fail_evaluation_unless_allowed(bench, capsys):
+    root = bench["base"] / "bad-data"
+    shutil.copytree(bench["base"] / "data" / "msrvtt", root / "msrvtt")
+    (root / "msrvtt" / "videos" / "train00000.mp4").write_bytes(b"not a video")
+    (root / "msrvtt" / "videos" / "test00003.mp4").write_bytes(b"not a video")
+    data = ["--set", f"data.root={root}", "--set", "data.dataset=msrvtt"]
+
+    failed = bench["base"] / "bad-eval"
+    assert stage(bench, "finetune-retrieval", failed, *data, "--set", "optim.epochs=1") == 2
+    assert "test00003.mp4" in capsys.readouterr().err  # never replaced by another video
+    assert not (failed / "metrics.json").exists()
+
+    out = bench["base"] / "bad-allowed"
+    allow = [*data, "--set", "optim.epochs=1", "--set", "data.allow_bad_videos_at_eval=true"]
+    assert stage(bench, "finetune-retrieval", out, *allow) == 0
+    metrics = metrics_of(out)
+    assert [p.rsplit("/", 1)[1] for p in metrics["skipped_videos"]] == [
+        "test00003.mp4",
+        "train00000.mp4",
+    ]
+    assert metrics["num_videos"] == 15 and metrics["num_queries"] == 15
 
 
 @pytest.mark.parametrize(

@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from svitt.config import ConfigError, ModelConfig, RunConfig, asdict, flatten, load_config
 from svitt.config import parse_override as parse_override_text
+from svitt.data.datasets import BadVideosError
 from svitt.engine import distributed as dist_utils
 from svitt.engine.checkpoint import (
     CHECKPOINT,
@@ -337,7 +338,15 @@ def _tags(stage: str, cfg: RunConfig, out: Path, source: str | None) -> dict[str
     return {**tags, **cfg.tags}
 
 
-USER_ERRORS = (ConfigError, FileNotFoundError, FileExistsError, KeyError, StageError, TrackingError)
+USER_ERRORS = (
+    ConfigError,
+    FileNotFoundError,
+    FileExistsError,
+    KeyError,
+    StageError,
+    TrackingError,
+    BadVideosError,
+)
 _ACTIVE: list[Run] = []  # this process's run, so that a crash marks its MLflow run failed
 _LOG_HANDLERS: list[logging.Handler] = []  # the run's log file, closed when the stage ends
 
@@ -588,7 +597,7 @@ def base_metrics(run: Run, model_cfg: ModelConfig, overrides: Mapping[str, Any])
 def finish_run(run: Run, metrics: dict[str, Any], training: bool) -> None:
     """checkpoint.pt (training stages), then metrics.json: once metrics.json exists the stage
     is done. last.pt goes last, so a kill in between still resumes."""
-    metrics = {**metrics, "skipped_videos": run.skipped, "run": run.identity}
+    metrics = {**metrics, "skipped_videos": sorted(set(run.skipped)), "run": run.identity}
     if run.env.is_main:
         if training:
             assert run.resume_state is not None
