@@ -7,7 +7,7 @@
 #   tests/cluster/run.sh [--reference TABLES_DIR] [--configfile FILE...] [--no-fault] [--keep]
 #
 #   --reference DIR   tables of a local run of the same config (default: run it here first)
-#   --configfile F..  the DAG's config files, relative to the repository
+#   --configfile F..  the DAG's config files, relative to the repository or absolute
 #                     (default: workflow/config/default.yaml .test/config.yaml)
 #   --no-fault        no SIGKILL, only check the tables
 #   --keep            keep the work directories (printed) instead of removing them
@@ -56,8 +56,11 @@ done
 
 [[ -x "$VENV_BIN/snakemake" ]] || die "$VENV_BIN/snakemake not found: run 'make venv' first"
 [[ ${#CONFIGFILES[@]} -gt 0 ]] || die "--configfile needs at least one file"
-for f in "${CONFIGFILES[@]}"; do
-    [[ -f "$ROOT/$f" ]] || die "config file $ROOT/$f not found"
+for i in "${!CONFIGFILES[@]}"; do
+    f="${CONFIGFILES[$i]}"
+    [[ "$f" == /* ]] || f="$ROOT/$f"
+    [[ -f "$f" ]] || die "config file $f not found"
+    CONFIGFILES[i]="$f"
 done
 export PATH="$VENV_BIN:$PATH" # the jobs inherit it (sbatch --export=ALL)
 
