@@ -406,6 +406,56 @@ def progress(env: DistEnv, **kwargs: Any) -> tqdm:
     return tqdm(disable=quiet, dynamic_ncols=True, mininterval=1.0, **kwargs)
 
 
+@dataclass
+class LossLog:
+    """Per-epoch means of the logged losses; its state is part of last.pt so that a resumed
+    run reports exactly the epoch means of an uninterrupted one."""
+
+    epochs: list[dict[str, float]] = field(default_factory=list)
+    sums: dict[str, float] = field(default_factory=dict)
+    count: int = 0
+
+    def add(self, losses: Mapping[str, float]) -> None:
+        for name, value in losses.items():
+            self.sums[name] = self.sums.get(name, 0.0) + value
+        self.count += 1
+
+    def close_epoch(self) -> dict[str, float]:
+        self.epochs.append({name: total / self.count for name, total in self.sums.items()})
+        self.sums, self.count = {}, 0
+        return self.epochs[-1]
+
+
+def save_last(
+    run: Run,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    step: int,
+    steps_per_epoch: int,
+    losses: LossLog,
+) -> None:
+    """Write the resumable last.pt (rank 0) with every process's RNG state."""
+    state = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "step": step,
+        "data": {"epoch": step // steps_per_epoch, "steps_per_epoch": steps_per_epoch},
+        "losses": dataclasses.asdict(losses),
+        "skipped": _all_ranks(run.skipped),
+        "rng": dist_utils.gather_objects(rng_state()),
+        "config": asdict(run.cfg),
+        "identity": run.identity,
+        "stage": run.stage,
+        "tracking_run_id": run.tracker.run_id,
+    }
+    if run.env.is_main:
+        save_checkpoint(run.out / LAST, state)
+    dist_utils.barrier()
+    run.resume_state = state
+
+
 def train(
     run: Run,
     model: nn.Module,
@@ -432,14 +482,13 @@ def train(
     model.to(env.device)
     optimizer = build_optimizer(model, opt)
     scheduler = build_scheduler(optimizer, round(opt.warmup_epochs * steps_per_epoch), total)
-    step, epochs, sums, count = 0, [], {}, 0
+    step, losses = 0, LossLog()
     if run.resume_state is not None:
         state = run.resume_state
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        step, epochs = state["step"], list(state["epochs"])
-        sums, count = dict(state["epoch_sums"]), state["epoch_count"]
+        step, losses = state["step"], LossLog(**state["losses"])
         run.skipped.extend(state["skipped"])
         rng = state["rng"]
         if len(rng) != env.world_size:
@@ -487,9 +536,9 @@ def train(
             sync = nullcontext() if boundary or not env.distributed else ddp.no_sync()
             with sync:
                 with autocast(env):
-                    losses = loss_fn(ddp, batch)
-                (losses["loss"] / opt.grad_accum).backward()
-            for name, value in losses.items():
+                    terms = loss_fn(ddp, batch)
+                (terms["loss"] / opt.grad_accum).backward()
+            for name, value in terms.items():
                 step_losses[name] = (
                     step_losses.get(name, 0.0) + value.detach().float() / opt.grad_accum
                 )
@@ -505,9 +554,7 @@ def train(
             means = dist_utils.mean_across_ranks(torch.stack([step_losses[n] for n in names]))
             logged = dict(zip(names, means.tolist(), strict=True))
             step_losses = {}
-            for name, value in logged.items():
-                sums[name] = sums.get(name, 0.0) + value
-            count += 1
+            losses.add(logged)
             check_finite(logged["loss"], f"training loss at step {step}")
             lr = scheduler.get_last_lr()[0]
             run.tracker.log_metrics(
@@ -516,39 +563,19 @@ def train(
             bar.update(1)
             bar.set_postfix(loss=f"{logged['loss']:.4f}", lr=f"{lr:.2e}")
             if step % steps_per_epoch == 0:
-                epochs.append({name: total_ / count for name, total_ in sums.items()})
-                sums, count = {}, 0
+                means_of_epoch = losses.close_epoch()
                 log.info(
                     "epoch %d/%d  step %d/%d  %s  lr %.3g  skipped videos %d",
                     epoch + 1,
                     opt.epochs,
                     step,
                     total,
-                    "  ".join(f"{k} {v:.4f}" for k, v in sorted(epochs[-1].items())),
+                    "  ".join(f"{k} {v:.4f}" for k, v in sorted(means_of_epoch.items())),
                     lr,
                     len(run.skipped),
                 )
             if step % opt.checkpoint_every == 0 or step == stop_at:
-                state = {
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "step": step,
-                    "data": {"epoch": step // steps_per_epoch, "steps_per_epoch": steps_per_epoch},
-                    "epochs": epochs,
-                    "epoch_sums": sums,
-                    "epoch_count": count,
-                    "skipped": _all_ranks(run.skipped),
-                    "rng": dist_utils.gather_objects(rng_state()),
-                    "config": asdict(run.cfg),
-                    "identity": run.identity,
-                    "stage": run.stage,
-                    "tracking_run_id": run.tracker.run_id,
-                }
-                if env.is_main:
-                    save_checkpoint(run.out / LAST, state)
-                dist_utils.barrier()
-                run.resume_state = state
+                save_last(run, model, optimizer, scheduler, step, steps_per_epoch, losses)
             if step >= stop_at:
                 break
     bar.close()
@@ -557,7 +584,7 @@ def train(
         run.tracker.flush()
         return None
     run.skipped = _all_ranks(run.skipped)
-    return TrainSummary(total, epochs)
+    return TrainSummary(total, losses.epochs)
 
 
 def _all_ranks(items: list[str]) -> list[str]:
