@@ -91,6 +91,26 @@ def figure_a1_metrics(wildcards):
     return [PROFILE.metrics(run) for run in figure_a1_runs(PROFILE, FIGURE_A1_SPEC)]
 
 
+def table_inputs(wildcards):
+    inputs = {
+        "profile": PROFILE_DUMP,
+        "spec": f"{ABLATIONS}/{wildcards.table}.yaml",
+        "sparsity": config["sparsity_table"],
+        "metrics": table_metrics(wildcards),
+    }
+    if wildcards.table == "A2":
+        inputs["datasets"] = f"{ABLATIONS}/datasets.tsv"
+        inputs["data"] = DATA_READY
+    return inputs
+
+
+def tokens_run(wildcards):
+    model = TOKENS_SPEC["model"]
+    variant = Variant(model["arch"], model["sparsity"])
+    dataset = TOKENS_SPEC["figures"][wildcards.figure]["dataset"]
+    return Run("tokens", variant, int(model["frames"]), dataset)
+
+
 def extra_runs():
     """Runs of `all` beyond the tables: the end of every chain and QA on every dataset."""
     runs = [Run("pretrain", Variant("svitt", s), t) for s in PROFILE.sparsity for t in PROFILE.chain]

@@ -30,7 +30,6 @@ if DATA["source"] == "synthetic":
         output:
             directory(DATA["root"]),
         params:
-            root=DATA["root"],
             size=DATA.get("synthetic_size", "default"),
             seed=DATA.get("seed", 0),
         log:
@@ -38,7 +37,7 @@ if DATA["source"] == "synthetic":
         threads: workflow.cores
         priority: 10
         shell:
-            "svitt synthetic --out {params.root} --size {params.size} --seed {params.seed}"
+            "svitt synthetic --out {output} --size {params.size} --seed {params.seed}"
             " > {log} 2>&1"
 
 

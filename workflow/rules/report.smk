@@ -2,19 +2,6 @@
 # A1 and A4 read the profile config alone, so they need neither data nor runs.
 
 
-def table_inputs(wildcards):
-    inputs = {
-        "profile": PROFILE_DUMP,
-        "spec": f"{ABLATIONS}/{wildcards.table}.yaml",
-        "sparsity": config["sparsity_table"],
-        "metrics": table_metrics(wildcards),
-    }
-    if wildcards.table == "A2":
-        inputs["datasets"] = f"{ABLATIONS}/datasets.tsv"
-        inputs["data"] = DATA_READY
-    return inputs
-
-
 rule table:
     input:
         unpack(table_inputs),
@@ -28,7 +15,7 @@ rule table:
         markdown=f"{RESULTS}/tables/{{table}}.md",
         latex=f"{RESULTS}/tables/{{table}}.tex",
     params:
-        out=f"{RESULTS}/tables",
+        out=lambda wildcards, output: Path(output.csv).parent,
     log:
         f"{RUNS}/logs/table-{{table}}.log",
     shell:
@@ -54,19 +41,12 @@ rule figure_keep_rate:
         "svitt figure keep-rate --profile {input.profile} --out {output} > {log} 2>&1"
 
 
-def tokens_run(wildcards):
-    model = TOKENS_SPEC["model"]
-    variant = Variant(model["arch"], model["sparsity"])
-    dataset = TOKENS_SPEC["figures"][wildcards.figure]["dataset"]
-    return Run("tokens", variant, int(model["frames"]), dataset)
-
-
 rule figure_tokens:
     input:
         checkpoint=lambda wildcards: PROFILE.checkpoint(tokens_run(wildcards)),
         data=DATA_READY,
     output:
-        report(
+        png=report(
             f"{RESULTS}/figures/{{figure}}.png",
             caption="../report/figure_tokens.rst",
             category="Figures",
@@ -83,4 +63,4 @@ rule figure_tokens:
     threads: 1
     shell:
         WRITE_CONFIG + "svitt figure tokens --checkpoint {input.checkpoint} --config"
-        " {output.config} --clips {params.clips} --out {output[0]} > {log} 2>&1"
+        " {output.config} --clips {params.clips} --out {output.png} > {log} 2>&1"
