@@ -96,8 +96,7 @@ def kept_tokens(
     import torch
 
     from svitt.data.datasets import clip_loader, load_tokenizer, retrieval_eval_set, tokenize
-    from svitt.engine.checkpoint import load_checkpoint
-    from svitt.engine.runner import eval_model_config, inflated_weights, load_strict, with_tokenizer
+    from svitt.engine.runner import eval_model_config, load_into, with_tokenizer
     from svitt.models.factory import create_model
 
     torch.set_grad_enabled(False)
@@ -106,8 +105,7 @@ def kept_tokens(
     cfg = with_tokenizer(cfg, tokenizer)
     model_cfg, _ = eval_model_config(cfg)
     model = create_model(model_cfg).eval()
-    state = load_checkpoint(checkpoint)
-    load_strict(model, inflated_weights(state, Path(checkpoint), model_cfg, ""), Path(checkpoint))
+    load_into(model, Path(checkpoint), model_cfg, "")
 
     data = retrieval_eval_set(cfg.data.root, cfg.data.dataset)
     loader = clip_loader(cfg, train=False)
@@ -156,9 +154,11 @@ def plot_tokens(
     vision = cfg.model.vision
     grid = (vision.num_frames, *vision.grid[1:])
     results = kept_tokens(checkpoint, config, clips)
-    rows = [("visual", r, r.visual) for r in results]
-    rows += [("cross-modal", r, r.cross) for r in results if r.cross is not None]
-    rows.sort(key=lambda item: results.index(item[1]))
+    rows = []
+    for result in results:  # per clip: the visual row, then its cross-modal row
+        rows.append(("visual", result, result.visual))
+        if result.cross is not None:
+            rows.append(("cross-modal", result, result.cross))
     frames = grid[0]
     fig, axes = plt.subplots(
         len(rows), frames, figsize=(1.3 * frames, 1.5 * len(rows)), squeeze=False
