@@ -80,8 +80,9 @@ def test_progressive_chain_and_evaluation_sources(workdir: Path) -> None:
     assert profile.loads(Run("pretrain", hybrid, 4)) is None
     assert profile.loads(Run("pretrain", hybrid, 8)) == Run("pretrain", hybrid, 4)
     assert profile.loads(Run("pretrain", hybrid, 16)) == Run("pretrain", hybrid, 8)
-    # A clip length outside the chain (Singularity at T = 1) starts from scratch.
+    # Frame-level models start every clip length from scratch.
     assert profile.loads(Run("pretrain", Variant("singularity"), 1)) is None
+    assert profile.loads(Run("pretrain", Variant("singularity"), 8)) is None
     finetuned = Run("finetune-retrieval", hybrid, 8, "ssv2_label")
     assert profile.loads(finetuned) == Run("pretrain", hybrid, 8)
     probe = Run("finetune-retrieval", hybrid, 8, "ssv2_label", "shuffle")

@@ -177,6 +177,10 @@ class Profile:
         if run.task != "pretrain":
             return Run("pretrain", run.variant, run.frames)
         chain = self.chain
+        if run.variant.arch in FRAME_LEVEL_ARCHS:
+            # Frame-level models have no temporal weights to grow: each clip length trains
+            # from the start, like the Singularity* baselines.
+            return None
         if run.frames in chain and chain.index(run.frames) > 0:
             return Run("pretrain", run.variant, chain[chain.index(run.frames) - 1])
         return None
