@@ -26,7 +26,8 @@ REFERENCE=""
 FAULT=1
 KEEP=0
 TARGET=tables
-# Wall-clock limits (seconds) of one DAG run; SIGINT lets Snakemake cancel its SLURM jobs.
+# Wall-clock limit (seconds) of one DAG run. `timeout --foreground -s INT`: Snakemake stays in
+# our process group (Ctrl-C reaches it) and on timeout gets SIGINT, which cancels its jobs.
 DAG_TIMEOUT="${SVITT_CLUSTER_DAG_TIMEOUT:-1500}"
 INIT_WAIT="${SVITT_SLURM_INIT_WAIT:-5}" # plugin's first status check; MinJobAge is 300 s
 
@@ -106,7 +107,7 @@ if [[ -z "$REFERENCE" ]]; then
     say "local reference run of ${CONFIGFILES[*]}"
     copy_tree "$TMP/local"
     start=$SECONDS
-    (cd "$TMP/local" && timeout -s INT "$DAG_TIMEOUT" snakemake --cores all \
+    (cd "$TMP/local" && timeout --foreground -s INT "$DAG_TIMEOUT" snakemake --cores all \
         --configfile "${CONFIGFILES[@]}" -- "$TARGET" >"$TMP/local.log" 2>&1) ||
         {
             tail -n 40 "$TMP/local.log" >&2
@@ -187,7 +188,7 @@ fi
 # cluster has no slurmdbd (sacct cannot answer). `timeout -s INT`: Snakemake cancels its jobs.
 say "DAG through workflow/profiles/slurm"
 start=$SECONDS
-(cd "$WORK" && SVITT_SLURM_GPUS=0 timeout -s INT "$DAG_TIMEOUT" snakemake \
+(cd "$WORK" && SVITT_SLURM_GPUS=0 timeout --foreground -s INT "$DAG_TIMEOUT" snakemake \
     --profile workflow/profiles/slurm --configfile "${CONFIGFILES[@]}" \
     --slurm-status-command squeue --slurm-no-account \
     --slurm-init-seconds-before-status-checks "$INIT_WAIT" \
