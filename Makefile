@@ -26,7 +26,9 @@ figures: $(STAMP)
 	$(BIN)/snakemake --cores $(CORES) figures
 
 bench: $(STAMP)
-	$(BIN)/python -m benchmarks
+	$(BIN)/python -m benchmarks.attention
+	$(BIN)/python -m benchmarks.model
+	$(BIN)/python -m benchmarks.loader
 
 lint: $(STAMP)
 	$(BIN)/ruff check svitt tests benchmarks
