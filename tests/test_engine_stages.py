@@ -128,6 +128,18 @@ def test_progressive_pretraining_inflates_a_shorter_clip_checkpoint(bench, pretr
     assert state["config"]["model"]["vision"]["num_frames"] == 8
 
 
+def test_frame_level_baseline_loads_into_another_clip_length(bench):
+    """Singularity's encoder sees one frame at a time: no temporal table to inflate."""
+    four, eight = bench["base"] / "sing-T4", bench["base"] / "sing-T8"
+    arch = ["--set", "model.arch=singularity", "--set", "model.sparsity.attention=dense"]
+    arch += ["--set", "optim.epochs=1"]
+    assert stage(bench, "pretrain", four, *arch) == 0
+    ckpt = str(four / "checkpoint.pt")
+    longer = ["--set", "model.vision.num_frames=8"]
+    assert stage(bench, "pretrain", eight, "--init-from", ckpt, *arch, *longer) == 0
+    assert metrics_of(eight)["num_frames"] == 8 and metrics_of(eight)["arch"] == "singularity"
+
+
 def test_zero_shot_retrieval_with_eval_overrides(bench, pretrained):
     out = bench["base"] / "zero-shot"
     ckpt = str(pretrained / "checkpoint.pt")

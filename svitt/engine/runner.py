@@ -174,7 +174,8 @@ def resized(
     from svitt.models.inflate import inflate_state_dict
 
     dst_frames = model_cfg.vision.num_frames
-    if src_frames == dst_frames:
+    # The frame-level baseline encodes every frame alone: its weights fit any clip length.
+    if src_frames == dst_frames or model_cfg.arch == "singularity":
         return dict(weights)
     _, h, w = model_cfg.vision.grid
     log.info("inflating weights from %d to %d frames", src_frames, dst_frames)
