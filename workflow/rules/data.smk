@@ -17,7 +17,8 @@ rule profile_config:
     output:
         PROFILE_DUMP,
     params:
-        config=yaml.safe_dump(dict(config), sort_keys=False),
+        # A function, so Snakemake does not expand `{resources.gpu}` in the profile's launcher.
+        config=lambda wildcards: yaml.safe_dump(dict(config), sort_keys=False),
     shell:
         "printf '%s' {params.config:q} > {output}.tmp && mv {output}.tmp {output}"
 
