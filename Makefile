@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 CORES ?= all
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: venv test tables figures bench lint clean-results
+.PHONY: venv test test-faults tables figures bench lint clean-results
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,7 +17,11 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not cluster"
+
+# Fault tolerance and the live SLURM cluster: several runs of the CI-sized DAG (root needed).
+test-faults: $(STAMP)
+	$(BIN)/python -m pytest -q -m cluster
 
 tables: $(STAMP)
 	$(BIN)/snakemake --cores $(CORES) tables

@@ -106,6 +106,7 @@ def daemon_pids(state: Path) -> list[int]:
     return pids
 
 
+@pytest.mark.cluster
 def test_one_node_cluster_runs_a_job_and_stops(tmp_path):
     reason = cluster_skip_reason()
     if reason:

@@ -29,7 +29,8 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow
+# Several full runs of the CI-sized DAG: run by .ci/run after `make test` (`make test-faults`).
+pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
 ROOT = Path(__file__).resolve().parents[1]
 # Every run below adds this overlay, so that even the CI-sized stages (a few optimizer steps)
