@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from svitt.engine.qa import accuracy
-from svitt.engine.retrieval import positive_ranks, recall_metrics, rerank_top_k
+from svitt.engine.retrieval import match_scores, positive_ranks, recall_metrics, rerank_top_k
 
 
 def test_recall_on_a_hand_built_similarity_matrix():
@@ -48,6 +48,27 @@ def test_rerank_puts_top_k_first_by_match_score_and_keeps_the_rest_in_order():
     assert final.argsort(dim=1, descending=True).tolist() == [[2, 4, 0, 3, 1]]
     # The re-scored videos keep exactly their VTM scores.
     assert final[0, [0, 2, 4]].tolist() == [-2.0, 3.0, 0.5]
+
+
+def test_match_scores_add_vtm_probability_to_vtc_similarity():
+    similarity = torch.tensor([[0.5, -0.2]])
+    logits = torch.tensor([[0.0, 2.0]])
+    expected = torch.sigmoid(logits) + similarity
+    assert torch.allclose(match_scores(similarity, logits), expected)
+
+
+def test_a_video_only_vtm_head_cannot_erase_the_vtc_ranking():
+    # Two queries whose VTC similarity ranks their own video first; an untrained VTM head
+    # that gives every query the same, nearly flat scores (by the video alone) must not
+    # make both queries rank the videos in the same order.
+    similarity = torch.tensor([[0.9, 0.1, 0.2], [0.1, 0.9, 0.2]])
+    top_index = similarity.topk(3, dim=1).indices
+    video_bias = torch.tensor([0.3, 0.1, 0.2])  # VTM logit per video, whatever the query
+    logits = video_bias[top_index]
+    top_similarity = similarity.gather(1, top_index)
+    final = rerank_top_k(similarity, top_index, match_scores(top_similarity, logits))
+    assert positive_ranks(final, [[0], [1]]).tolist() == [0, 0]
+    assert recall_metrics(final, [[0], [1]])["r1"] == pytest.approx(100.0)
 
 
 def test_qa_accuracy_is_exact_match_and_answers_outside_the_list_never_match():

@@ -1,11 +1,15 @@
 """Text-to-video retrieval: `eval-retrieval` (zero-shot) and `finetune-retrieval`.
 
 Every test video is ranked by the VTC similarity of its embedding to the query's; with a
-matching head the top `eval.k_test` are re-scored by VTM and ranked above the rest by that
-score (Frozen ranks by cosine similarity alone). A query hits at k when any of its positive
-videos is among the first k (SSv2-Label captions have several). DiDeMo queries are whole
-paragraphs (the data layer joins the sentences). Ties are broken by video order, so the
-metrics are deterministic.
+matching head the top `eval.k_test` are re-scored and ranked above the rest (Frozen ranks by
+cosine similarity alone). As in BLIP, a re-scored candidate's score combines both heads: its
+VTM match probability (sigmoid of the VTM logit) plus its VTC cosine similarity
+(`match_scores`), so the VTM head refines the VTC ranking instead of replacing it (an
+under-trained VTM head scores a pair by the video alone and would rank every query's
+candidates the same way). The VTC-only recall is reported too (`vtc_r1`, ...). A query hits
+at k when any of its positive videos is among the first k (SSv2-Label captions have several).
+DiDeMo queries are whole paragraphs (the data layer joins the sentences). Ties are broken by
+video order, so the metrics are deterministic.
 """
 
 from __future__ import annotations
@@ -49,6 +53,14 @@ def recall_metrics(
     out["mean_recall"] = sum(out[f"r{k}"] for k in ks) / len(ks)
     out["median_rank"] = (ranks + 1).double().quantile(0.5).item()
     return out
+
+
+def match_scores(top_similarity: Tensor, vtm_logits: Tensor) -> Tensor:
+    """Score of each re-scored candidate: VTM match probability + VTC cosine similarity.
+
+    Both terms are bounded (probability in [0, 1], cosine in [-1, 1]), so neither head can
+    overrule the other by scale alone."""
+    return torch.sigmoid(vtm_logits.float()) + top_similarity.float()
 
 
 def rerank_top_k(similarity: Tensor, top_index: Tensor, top_scores: Tensor) -> Tensor:
@@ -115,11 +127,16 @@ def evaluate(run: runner.Run, model: nn.Module, cfg: RunConfig) -> dict[str, Any
             texts = rows.repeat_interleave(k)
             with runner.autocast(env):
                 logits = model.match_logits(tokens[videos], hidden[texts], mask_all[texts])
-            top_scores[rows] = logits.float().view(len(rows), k)
+            top_scores[rows] = match_scores(
+                similarity[rows.unsqueeze(1), top_index[rows]], logits.view(len(rows), k)
+            )
             bar.update(len(rows))
         bar.close()
         scores = rerank_top_k(similarity, top_index, top_scores)
     metrics = recall_metrics(scores.cpu(), positives)
+    if model.has_matching_head:
+        vtc_only = recall_metrics(similarity.cpu(), positives)
+        metrics.update({f"vtc_{name}": value for name, value in vtc_only.items()})
     run.skipped.extend(data.videos.skipped)
     metrics["num_queries"] = len(positives)
     metrics["num_videos"] = len(kept_ids)
