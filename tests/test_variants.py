@@ -136,7 +136,7 @@ def test_frozen_is_two_tower():
     model = create_model(small_config("frozen"))
     assert not model.has_matching_head
     assert len(model.text.layers) == 1  # the text-only layers: depth 3 - cross_depth 2
-    with pytest.raises(NotImplementedError, match="cosine similarity"):
+    with pytest.raises(TypeError, match="cosine similarity"):
         model.match_logits(torch.zeros(1, 2, 32), torch.zeros(1, 3, 32), torch.ones(1, 3))
 
 

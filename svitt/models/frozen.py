@@ -27,7 +27,8 @@ class Frozen(SViTT):
         super().__init__(cfg, pretraining_heads)
 
     def match_logits(self, video_tokens: Tensor, text_hidden: Tensor, text_mask: Tensor) -> Tensor:
-        raise NotImplementedError(
+        # Two-tower by design (supplement B.2): there is no fusion encoder to score pairs with.
+        raise TypeError(
             "the frozen arch has no matching head (has_matching_head is False); rank by the "
             "cosine similarity of encode_video(...).embed and encode_text(...).embed"
         )
