@@ -101,8 +101,9 @@ def test_two_gloo_processes_match_one_process_on_the_combined_batch(tmp_path):
         assert result["world"] == 2
         # Negatives span the global batch: every rank's VTC is the combined batch's VTC.
         torch.testing.assert_close(result["loss"], loss.detach(), rtol=1e-5, atol=1e-6)
-        # DDP's averaged gradients equal the single-process gradients.
-        torch.testing.assert_close(result["grads"], expected, rtol=1e-4, atol=1e-6)
+        # DDP's averaged gradients equal the single-process gradients (up to float32 sums in
+        # another order: a few elements of ~1e-3 differ by ~1e-6).
+        torch.testing.assert_close(result["grads"], expected, rtol=1e-4, atol=1e-5)
         assert result["uneven"].tolist() == [0.0, 1.0, 10.0, 11.0, 12.0]
 
 

@@ -10,22 +10,17 @@ the probability of their first token, re-ranked by the likelihood of the whole s
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from transformers.models.bert.modeling_bert import BertEmbeddings, BertOnlyMLMHead
 
 from svitt.config import ConfigError, ModelConfig
+from svitt.models.bert import BertEmbeddings, BertLayer, BertOnlyMLMHead, init_bert_weights
 from svitt.models.singularity import Singularity
 from svitt.models.svitt import SViTT
-from svitt.models.text import (
-    IGNORE_INDEX,
-    additive_mask,
-    bert_config,
-    bert_layer,
-    init_bert_weights,
-    tie_mlm_head,
-)
+from svitt.models.text import IGNORE_INDEX, additive_mask
 
 ENCODERS: dict[str, type[SViTT]] = {"svitt": SViTT, "singularity": Singularity}
 
@@ -47,15 +42,19 @@ class VideoQA(nn.Module):
             )
         self.cfg = cfg
         self.encoder = ENCODERS[cfg.arch](cfg, pretraining_heads=False)
-        config = bert_config(cfg.text, cross_attention=True)
-        self.decoder_embeddings = BertEmbeddings(config)
-        self.decoder_layers = nn.ModuleList(
-            bert_layer(config, causal=True) for _ in range(cfg.qa_decoder_depth)
+        text = cfg.text
+        self.decoder_embeddings = BertEmbeddings(
+            text.vocab_size, text.dim, text.max_positions, text.pad_token_id
         )
-        self.lm_head = BertOnlyMLMHead(config)
+        # Cross-attention reads the question-video states of `f_m`, at the text width.
+        self.decoder_layers = nn.ModuleList(
+            BertLayer(text.dim, text.heads, text.mlp_dim, video_dim=text.dim, causal=True)
+            for _ in range(cfg.qa_decoder_depth)
+        )
+        self.lm_head = BertOnlyMLMHead(text.dim, text.vocab_size)
         for module in (self.decoder_embeddings, self.decoder_layers, self.lm_head):
-            module.apply(init_bert_weights)
-        tie_mlm_head(self.lm_head, self.decoder_embeddings)
+            module.apply(partial(init_bert_weights, std=text.init_std))
+        self.lm_head.tie(self.decoder_embeddings)
         self.init_decoder(self.encoder.text.state_dict())
 
     def no_weight_decay(self) -> set[str]:
@@ -106,8 +105,8 @@ class VideoQA(nn.Module):
         self, answer_ids: Tensor, answer_mask: Tensor, states: Tensor, states_mask: Tensor
     ) -> Tensor:
         """Next-token logits [B, La, V] of each answer prefix (causal, teacher forcing)."""
-        hidden = self.decoder_embeddings(input_ids=answer_ids)
-        self_mask = additive_mask(answer_mask, hidden.dtype, causal=True)
+        hidden = self.decoder_embeddings(answer_ids)
+        self_mask = additive_mask(answer_mask, hidden.dtype)  # the layers add the causal mask
         cross_mask = additive_mask(states_mask, hidden.dtype)
         for layer in self.decoder_layers:
             hidden = layer(hidden, self_mask, states, cross_mask)

@@ -1,10 +1,10 @@
 """BERT text encoder `f_t` and multimodal encoder `f_m` with cross-modal token pruning.
 
-One stack of `TextConfig.depth` BERT layers (transformers' `BertLayer`, composed, not forked):
-the first `depth - cross_depth` are text-only (`f_t`), the last `cross_depth` add
-cross-attention to the video tokens (`f_m`). Parameter names follow the `BertModel` checkpoint
-layout (`embeddings.*`, `layers.{i}.*` for `encoder.layer.{i}.*`, `mlm_head.*` for
-`cls.*`), so a bert-base-uncased directory loads with a prefix rename only.
+One stack of `TextConfig.depth` BERT layers (`svitt.models.bert.BertLayer`, a compact BERT
+that does not import transformers): the first `depth - cross_depth` are text-only (`f_t`), the
+last `cross_depth` add cross-attention to the video tokens (`f_m`). Parameter names follow the
+`BertModel` checkpoint layout (`embeddings.*`, `layers.{i}.*` for `encoder.layer.{i}.*`,
+`mlm_head.*` for `cls.*`), so a bert-base-uncased directory loads with a prefix rename only.
 
 Cross-modal node sparsity (supplement A.1): after the cross-attention of each multimodal layer
 in `SparsityConfig.cross_drop_layers`, the `ceil(q_m * n)` video tokens with the highest
@@ -17,83 +17,31 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
 from einops import rearrange
 from safetensors.torch import load_file as load_safetensors
 from torch import Tensor, nn
-from transformers import BertConfig
-from transformers.models.bert.modeling_bert import (
-    BertCrossAttention,
+
+from svitt.config import ConfigError, SparsityConfig, TextConfig
+from svitt.models.bert import (
+    Attention,
     BertEmbeddings,
     BertLayer,
     BertOnlyMLMHead,
+    init_bert_weights,
 )
-
-from svitt.config import ConfigError, SparsityConfig, TextConfig
 from svitt.sparsity import keep_count
 
 IGNORE_INDEX = -100  # label of tokens that carry no MLM / answer loss
 
 
-def bert_config(cfg: TextConfig, *, cross_attention: bool = False) -> BertConfig:
-    """The transformers config of our layers (SDPA attention).
-
-    `cross_attention` needs `is_decoder=True` in transformers, which also marks self-attention
-    causal; encoder layers undo that after construction, see `bert_layer`.
-    """
-    config = BertConfig(
-        vocab_size=cfg.vocab_size,
-        hidden_size=cfg.dim,
-        num_hidden_layers=cfg.depth,
-        num_attention_heads=cfg.heads,
-        intermediate_size=cfg.mlp_dim,
-        max_position_embeddings=cfg.max_positions,
-        pad_token_id=cfg.pad_token_id,
-        is_decoder=cross_attention,
-        add_cross_attention=cross_attention,
-    )
-    config._attn_implementation = "sdpa"
-    return config
-
-
-def init_bert_weights(module: nn.Module) -> None:
-    """BERT's initialisation (normal, std 0.02), for layers trained from scratch."""
-    std = BertConfig().initializer_range
-    if isinstance(module, nn.Linear | nn.Embedding):
-        nn.init.normal_(module.weight, std=std)
-    if isinstance(module, nn.Linear) and module.bias is not None:
-        nn.init.zeros_(module.bias)
-    if isinstance(module, nn.Embedding) and module.padding_idx is not None:
-        nn.init.zeros_(module.weight[module.padding_idx])
-    if isinstance(module, nn.LayerNorm):
-        nn.init.ones_(module.weight)
-        nn.init.zeros_(module.bias)
-
-
-def bert_layer(config: BertConfig, *, causal: bool, video_dim: int | None = None) -> BertLayer:
-    layer = BertLayer(config)
-    layer.attention.self.is_causal = causal
-    if video_dim is not None and video_dim != config.hidden_size:
-        # Keys/values read the video tokens at their own width (ALBEF's `encoder_width`).
-        layer.crossattention.self.key = nn.Linear(video_dim, config.hidden_size)
-        layer.crossattention.self.value = nn.Linear(video_dim, config.hidden_size)
-    return layer
-
-
-def tie_mlm_head(head: BertOnlyMLMHead, embeddings: BertEmbeddings) -> None:
-    """Output projection = word embeddings, output bias = the head's own bias (BERT's tying)."""
-    head.predictions.decoder.weight = embeddings.word_embeddings.weight
-    head.predictions.decoder.bias = head.predictions.bias
-
-
-def additive_mask(mask: Tensor, dtype: torch.dtype, causal: bool = False) -> Tensor:
-    """[B, L] 1/0 key mask -> [B, 1, L|1, L] additive mask (0 keep, dtype min drop)."""
+def additive_mask(mask: Tensor, dtype: torch.dtype) -> Tensor:
+    """[B, L] 1/0 key mask -> [B, 1, 1, L] additive mask (0 keep, dtype min drop); causal
+    layers add their own future mask (`svitt.models.bert.Attention`)."""
     keep = mask[:, None, None, :].bool()
-    if causal:
-        length = mask.shape[1]
-        keep = keep & torch.ones(length, length, dtype=torch.bool, device=mask.device).tril()
     return torch.zeros(keep.shape, dtype=dtype, device=mask.device).masked_fill(
         ~keep, torch.finfo(dtype).min
     )
@@ -104,17 +52,15 @@ def gather_tokens(tokens: Tensor, index: Tensor) -> Tensor:
     return tokens.gather(1, index[..., None].expand(-1, -1, tokens.shape[-1]))
 
 
-def text_cls_attention(attention: BertCrossAttention, text: Tensor, video: Tensor) -> Tensor:
+def text_cls_attention(attention: Attention, text: Tensor, video: Tensor) -> Tensor:
     """[B, n] attention of the text [CLS] query on the non-[CLS] video tokens, mean over heads.
 
     The same softmax as inside `attention`, recomputed for one query row without attention
     dropout, so the tokens kept in training do not depend on dropout noise.
     """
-    query = rearrange(
-        attention.query(text[:, :1]), "b q (h d) -> b h q d", h=attention.num_attention_heads
-    )
-    key = rearrange(attention.key(video), "b n (h d) -> b h d n", h=attention.num_attention_heads)
-    weights = (query @ key * attention.scaling).softmax(dim=-1)  # [B, H, 1, 1 + n]
+    query = rearrange(attention.query(text[:, :1]), "b q (h d) -> b h q d", h=attention.heads)
+    key = rearrange(attention.key(video), "b n (h d) -> b h d n", h=attention.heads)
+    weights = (query @ key * attention.scale).softmax(dim=-1)  # [B, H, 1, 1 + n]
     return weights[:, :, 0, 1:].mean(dim=1)
 
 
@@ -157,21 +103,21 @@ class TextEncoder(nn.Module):
                     f"indices in [0, {self.num_cross_layers - 1}] (text.cross_depth="
                     f"{cfg.cross_depth})"
                 )
-        self.embeddings = BertEmbeddings(bert_config(cfg))
-        text_config = bert_config(cfg)
-        layers = [bert_layer(text_config, causal=False) for _ in range(self.num_text_layers)]
-        cross_config = bert_config(cfg, cross_attention=True)
-        for _ in range(self.num_cross_layers):
-            layers.append(bert_layer(cross_config, causal=False, video_dim=video_dim))
-        self.layers = nn.ModuleList(layers)
-        self.mlm_head = BertOnlyMLMHead(bert_config(cfg)) if mlm_head else None
-        self.apply(init_bert_weights)
+        self.embeddings = BertEmbeddings(
+            cfg.vocab_size, cfg.dim, cfg.max_positions, cfg.pad_token_id
+        )
+        self.layers = nn.ModuleList(
+            BertLayer(cfg.dim, cfg.heads, cfg.mlp_dim, video_dim=video_dim if cross else None)
+            for cross in [False] * self.num_text_layers + [True] * self.num_cross_layers
+        )
+        self.mlm_head = BertOnlyMLMHead(cfg.dim, cfg.vocab_size) if mlm_head else None
+        self.apply(partial(init_bert_weights, std=cfg.init_std))
         if self.mlm_head is not None:
-            tie_mlm_head(self.mlm_head, self.embeddings)
+            self.mlm_head.tie(self.embeddings)
 
     def forward_text(self, ids: Tensor, mask: Tensor) -> Tensor:
         """`f_t`: ids, mask [B, L] -> hidden states [B, L, Dt] of the text-only layers."""
-        hidden = self.embeddings(input_ids=ids)
+        hidden = self.embeddings(ids)
         self_mask = additive_mask(mask, hidden.dtype)
         for layer in self.layers[: self.num_text_layers]:
             hidden = layer(hidden, self_mask)
@@ -198,12 +144,12 @@ class TextEncoder(nn.Module):
         kept, seen = [], []
         for index, layer in enumerate(self.layers[self.num_text_layers :]):
             seen.append(video.shape[1] - 1)
-            hidden = layer.attention(hidden, self_mask)[0]
+            hidden = layer.attention(hidden, self_mask)
             scores = None
             if index in self.prune_layers:
                 scores = text_cls_attention(layer.crossattention.self, hidden, video)
-            hidden = layer.crossattention(hidden, None, video, None)[0]
-            hidden = layer.feed_forward_chunk(hidden)
+            hidden = layer.crossattention(hidden, context=video)
+            hidden = layer.feed_forward(hidden)
             if scores is not None:
                 video, positions = self._prune(video, positions, scores)
                 kept.append(positions)
@@ -255,22 +201,22 @@ def bert_state_dict(path: str | Path, cfg: TextConfig) -> dict[str, Tensor]:
             f"model.weights.text: no BERT checkpoint at {path} (expected a HF directory with "
             "config.json and model.safetensors or pytorch_model.bin, bert-base-uncased layout)"
         )
-    config = BertConfig.from_dict(json.loads((path / "config.json").read_text()))
+    config = json.loads((path / "config.json").read_text())
     for field, theirs in (
-        ("dim", config.hidden_size),
-        ("heads", config.num_attention_heads),
-        ("mlp_dim", config.intermediate_size),
-        ("vocab_size", config.vocab_size),
+        ("dim", config["hidden_size"]),
+        ("heads", config["num_attention_heads"]),
+        ("mlp_dim", config["intermediate_size"]),
+        ("vocab_size", config["vocab_size"]),
     ):
         if getattr(cfg, field) != theirs:
             raise ConfigError(
                 f"model.text.{field}: got {getattr(cfg, field)}; the BERT checkpoint at {path} "
                 f"has {theirs}"
             )
-    if config.num_hidden_layers < cfg.depth:
+    if config["num_hidden_layers"] < cfg.depth:
         raise ConfigError(
             f"model.text.depth: got {cfg.depth}; the BERT checkpoint at {path} has only "
-            f"{config.num_hidden_layers} layers"
+            f"{config['num_hidden_layers']} layers"
         )
     state: dict[str, Tensor] = {}
     for file in files:
