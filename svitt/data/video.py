@@ -19,7 +19,7 @@ from typing import Literal
 
 import numpy as np
 import torch
-from torchvision.transforms.v2 import functional as tvf
+import torch.nn.functional as F
 
 FrameOrder = Literal["normal", "reverse", "shuffle"]
 FRAME_ORDERS: tuple[str, ...] = ("normal", "reverse", "shuffle")
@@ -184,6 +184,18 @@ def random_resized_crop_box(
     return (height - side) // 2, (width - side) // 2, side, side
 
 
+def resize(clip: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 [T, 3, h, w] -> float [T, 3, size, size], bilinear with antialiasing.
+
+    torch's own interpolate, not torchvision's: importing torchvision costs every job seconds.
+    """
+    if clip.shape[2:] == (size, size):
+        return clip.float()
+    return F.interpolate(
+        clip.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False
+    )
+
+
 @dataclass(frozen=True)
 class ClipSpec:
     """How a clip is made: T, crop size, normalisation, mode, order probe, seed."""
@@ -225,16 +237,13 @@ class ClipLoader:
             Path(path), lambda count: sample_indices(count, s.num_frames, s.train, rng)
         )
         clip = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)  # T,3,H,W
+        height, width = clip.shape[2], clip.shape[3]
         if s.train:
-            top, left, h, w = random_resized_crop_box(
-                clip.shape[2], clip.shape[3], rng, s.crop_scale
-            )
-            clip = tvf.resized_crop(
-                clip, top, left, h, w, [s.image_size, s.image_size], antialias=True
-            )
-        else:
-            clip = tvf.center_crop(
-                tvf.resize(clip, [s.image_size], antialias=True), [s.image_size, s.image_size]
-            )
+            top, left, h, w = random_resized_crop_box(height, width, rng, s.crop_scale)
+        else:  # the centred square, the whole frame for square videos
+            h = w = min(height, width)
+            top, left = (height - h) // 2, (width - w) // 2
+        clip = resize(clip[:, :, top : top + h, left : left + w], s.image_size)
+        if not s.train:
             clip = clip[frame_order_permutation(s.num_frames, s.frame_order, rng)]
-        return (clip.float() - self._mean) / self._std
+        return (clip - self._mean) / self._std

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from einops import rearrange
-from timm.layers import DropPath, trunc_normal_
 from torch import Tensor, nn
+from torch.nn.init import trunc_normal_
 from torch.utils.checkpoint import checkpoint
 
 from svitt.config import SparsityConfig, VisionConfig
@@ -158,6 +158,25 @@ class Attention(nn.Module):
         return self.proj(rearrange(out, "b h n d -> b n (h d)")), cls_attn, edges
 
 
+class DropPath(nn.Module):
+    """Stochastic depth: drops a sample's residual branch with probability `rate` in training.
+
+    Our own few lines rather than timm's, so importing the model does not import timm (and,
+    through it, torchvision and torch._dynamo): seconds per process in a DAG of short jobs.
+    """
+
+    def __init__(self, rate: float) -> None:
+        super().__init__()
+        self.rate = rate
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.rate == 0.0:
+            return x
+        keep = 1.0 - self.rate
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+        return x * mask / keep
+
+
 class Block(nn.Module):
     def __init__(
         self, cfg: VisionConfig, sparsity: SparsityConfig, layer: int, drop_path: float
@@ -214,10 +233,9 @@ class VisionTransformer(nn.Module):
             if name.endswith(("cls_token", "pos_embed", "relative_position_bias_table")):
                 trunc_normal_(param, std=0.02)
 
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
+    def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, nn.Linear):
-            trunc_normal_(module.weight, std=0.02)
+            trunc_normal_(module.weight, std=self.cfg.init_std)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
 

@@ -15,7 +15,6 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from timm.layers import resample_abs_pos_embed
 from torch import Tensor
 
 from svitt.models.inflate import CLS_ROWS, inflate_state_dict
@@ -160,6 +159,9 @@ def _fit_to_model(
             src = (_side(value.shape[0] - CLS_ROWS, key, path) + 1) // 2
             state[key] = _resize_rel_table(value, src, (h, w))
         elif key == "pos_embed":
+            # timm only here: importing it at module level costs every job seconds
+            from timm.layers import resample_abs_pos_embed
+
             src = _side(value.shape[1] - 1, key, path)
             state[key] = resample_abs_pos_embed(value, new_size=[h, w], old_size=[src, src])
     return inflate_state_dict(state, 1, frames, (h, w))
