@@ -83,6 +83,11 @@ def test_progressive_chain_and_evaluation_sources(workdir: Path) -> None:
     # Frame-level models start every clip length from scratch.
     assert profile.loads(Run("pretrain", Variant("singularity"), 1)) is None
     assert profile.loads(Run("pretrain", Variant("singularity"), 8)) is None
+    # ... with the chain start's schedule, not the short one meant to continue from T = 4.
+    singularity8 = load_config(profile.resolve(Run("pretrain", Variant("singularity"), 8)))
+    hybrid4 = load_config(profile.resolve(Run("pretrain", hybrid, 4)))
+    hybrid8 = load_config(profile.resolve(Run("pretrain", hybrid, 8)))
+    assert singularity8.optim == hybrid4.optim != hybrid8.optim
     finetuned = Run("finetune-retrieval", hybrid, 8, "ssv2_label")
     assert profile.loads(finetuned) == Run("pretrain", hybrid, 8)
     probe = Run("finetune-retrieval", hybrid, 8, "ssv2_label", "shuffle")

@@ -185,6 +185,14 @@ class Profile:
             return Run("pretrain", run.variant, chain[chain.index(run.frames) - 1])
         return None
 
+    def schedule_frames(self, run: Run) -> int:
+        """The clip length whose `by_frames` settings `run` takes: a pre-training run that
+        starts from the beginning (image weights or scratch) takes the schedule of the chain's
+        start, since the later lengths' short schedules assume a pre-trained start."""
+        if run.task == "pretrain" and self.loads(run) is None:
+            return self.chain[0]
+        return run.frames
+
     def variants(self, row: Mapping[str, Any]) -> list[Variant]:
         """Variants of a spec row; `sparsity: each` expands over every sparsity row."""
         arch = row["arch"]
@@ -204,7 +212,7 @@ class Profile:
         """The run's full RunConfig as plain data, checked by `load_config` (errors name keys)."""
         cfg = self.config
         stage = cfg[run.stage]
-        frames_key = f"T{run.frames}"
+        frames_key = f"T{self.schedule_frames(run)}"
         layers: list[Mapping[str, Any]] = [
             cfg["run"],
             cfg["archs"][run.variant.arch],
