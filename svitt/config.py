@@ -50,8 +50,13 @@ class VisionConfig:
     abs_pos_emb: bool = False  # ViT / Frozen-in-Time: learned absolute embedding
     layer_scale_init: float | None = 0.1  # BEiT's gamma_1/gamma_2; None disables
     drop_path: float = 0.0
+    # Std of the (truncated) normal initialisation of the linear weights of layers trained from
+    # scratch. BEiT's 0.02 suits 768-wide layers; a narrow model (the synthetic profile's 96)
+    # starts with nearly silent residual branches at 0.02 and learns far more slowly.
+    init_std: float = 0.02
 
     def __post_init__(self) -> None:
+        _check(self.init_std > 0, "init_std", "a positive number", self.init_std)
         _check(
             self.image_size % self.patch_size == 0,
             "image_size",
@@ -88,8 +93,10 @@ class TextConfig:
     cls_token_id: int = 101
     sep_token_id: int = 102
     mask_token_id: int = 103
+    init_std: float = 0.02  # BERT's initializer_range, for layers trained from scratch
 
     def __post_init__(self) -> None:
+        _check(self.init_std > 0, "init_std", "a positive number", self.init_std)
         _check(
             0 <= self.cross_depth <= self.depth,
             "cross_depth",
@@ -217,6 +224,17 @@ class DataConfig:
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     num_workers: int = 2
     allow_bad_videos_at_eval: bool = False  # if true, bad files are dropped and listed
+    # Training crop area as a share of the frame (RandomResizedCrop); (1, 1): the whole frame.
+    crop_scale: tuple[float, float] = (0.5, 1.0)
+
+    def __post_init__(self) -> None:
+        low, high = self.crop_scale
+        _check(
+            0.0 < low <= high <= 1.0,
+            "crop_scale",
+            "[low, high] with 0 < low <= high <= 1",
+            list(self.crop_scale),
+        )
 
 
 @dataclass(frozen=True)

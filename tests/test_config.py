@@ -29,6 +29,7 @@ def test_defaults_round_trip_through_plain_data():
         ({"eval": {"frame_order": "sideways"}}, "['normal', 'reverse', 'shuffle']"),
         ({"model": {"arch": "clip"}}, "model.arch: got 'clip'"),
         ({"optim": {"lr": "fast"}}, "optim.lr: got 'fast'; allowed: a number"),
+        ({"data": {"crop_scale": [0.9, 0.5]}}, "data.crop_scale: got [0.9, 0.5]; allowed: [low"),
     ],
 )
 def test_bad_values_name_the_key_and_what_is_allowed(data, message):

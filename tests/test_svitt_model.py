@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from svitt.config import ModelConfig, SparsityConfig, TextConfig, VisionConfig
+from svitt.models.factory import create_model, tiny_model_config
 from svitt.models.svitt import (
     SViTT,
     mask_tokens,
@@ -239,3 +240,18 @@ def test_vtm_without_any_negative_is_zero_but_keeps_the_graph():
     assert losses["vtm"].item() == 0.0
     losses["loss"].backward()
     assert model.vtm_head.weight.grad is not None
+
+
+def test_init_std_sets_the_scale_of_weights_trained_from_scratch():
+    cfg = tiny_model_config()
+    wide = dataclasses.replace(
+        cfg,
+        vision=dataclasses.replace(cfg.vision, init_std=0.1),
+        text=dataclasses.replace(cfg.text, init_std=0.1),
+    )
+    for config, std in ((cfg, 0.02), (wide, 0.1)):
+        model = create_model(config)
+        vision_std = model.vision.blocks[0].mlp.fc1.weight.std().item()
+        text_std = model.text.layers[0].intermediate.dense.weight.std().item()
+        assert vision_std == pytest.approx(std, rel=0.15)  # truncated at +-2: a bit below std
+        assert text_std == pytest.approx(std, rel=0.1)

@@ -118,12 +118,17 @@ def test_svitt_is_not_invariant_to_frame_order():
     """The control of the test above: a space-time model does see the order."""
     torch.manual_seed(0)
     model = create_model(small_config("svitt")).double().eval()
+    # At initialisation (bias std 0.02) the order moves the embedding by only ~1e-7; a trained
+    # relative bias is what makes the difference, so give it trained-like magnitudes.
+    with torch.no_grad():
+        for block in model.vision.blocks:
+            block.attn.relative_position_bias_table.normal_(std=1.0)
     batch = make_batch()
     batch["video"] = batch["video"].double()
     with torch.no_grad():
         normal = shuffled_outputs(model, batch, [0, 1, 2, 3])
         reversed_ = shuffled_outputs(model, batch, [3, 2, 1, 0])
-    assert not torch.allclose(normal["embed"], reversed_["embed"])
+    assert (normal["embed"] - reversed_["embed"]).abs().max() > 1e-3
 
 
 def test_singularity_sparse_attention_that_does_not_fit_one_frame_is_explained():

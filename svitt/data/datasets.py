@@ -288,6 +288,7 @@ def clip_loader(cfg: RunConfig, train: bool) -> ClipLoader:
             train=train,
             frame_order="normal" if train else cfg.eval.frame_order,
             seed=cfg.seed,
+            crop_scale=cfg.data.crop_scale,
         )
     )
 
