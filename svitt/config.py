@@ -8,6 +8,7 @@ and logged to MLflow), so a config round-trips exactly.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import types
@@ -323,6 +324,10 @@ def _build(tp: Any, value: Any, key: str) -> Any:
         _check(isinstance(value, Mapping), key, "a mapping", value)
         return {str(k): _build(args[1], v, f"{key}.{k}") for k, v in value.items()}
     if tp is float:
+        if isinstance(value, str):
+            # YAML 1.1 reads `1e-3` (no dot) as a string; accept any float literal.
+            with contextlib.suppress(ValueError):
+                value = float(value)
         _check(
             isinstance(value, int | float) and not isinstance(value, bool), key, "a number", value
         )

@@ -59,3 +59,11 @@ def test_overrides_and_flatten():
     assert flat["model.sparsity.block_size"] == 56
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         parse_override("seed")
+
+
+def test_float_literals_without_a_dot_are_numbers():
+    """PyYAML reads `1e-3` as a string (YAML 1.1); `--set optim.lr=1e-3` must still work."""
+    cfg = load_config({}, parse_override("optim.lr=1e-3"))
+    assert cfg.optim.lr == 1e-3
+    with pytest.raises(ConfigError, match="optim.lr: got 'fast'"):
+        load_config({}, parse_override("optim.lr=fast"))
