@@ -65,5 +65,5 @@ def test_float_literals_without_a_dot_are_numbers():
     """PyYAML reads `1e-3` as a string (YAML 1.1); `--set optim.lr=1e-3` must still work."""
     cfg = load_config({}, parse_override("optim.lr=1e-3"))
     assert cfg.optim.lr == 1e-3
-    with pytest.raises(ConfigError, match="optim.lr: got 'fast'"):
+    with pytest.raises(ConfigError, match=r"optim\.lr: got 'fast'"):
         load_config({}, parse_override("optim.lr=fast"))

@@ -4,9 +4,14 @@
 # memory) once it has written a resumable last.pt. The run must retry that job with twice the
 # memory, the retry must resume at a step > 0, and the tables must equal those of a local run.
 #
-#   tests/cluster/run.sh [--reference TABLES_DIR] [--configfile FILE...] [--no-fault] [--keep]
+#   tests/cluster/run.sh [--reference TABLES_DIR] [--target T] [--configfile FILE...]
+#                        [--no-fault] [--keep]
 #
-#   --reference DIR   tables of a local run of the same config (default: run it here first)
+#   --reference DIR   tables of a local run of the same config and target (default: run it
+#                     here first)
+#   --target T        the Snakemake target (default: tables)
+#   --profile NAME    the config's profile: tables are compared in results/NAME/tables
+#                     (default: ci, the profile of .test/config.yaml)
 #   --configfile F..  the DAG's config files, relative to the repository or absolute
 #                     (default: workflow/config/default.yaml .test/config.yaml)
 #   --no-fault        no SIGKILL, only check the tables
@@ -26,6 +31,7 @@ REFERENCE=""
 FAULT=1
 KEEP=0
 TARGET=tables
+PROFILE=ci
 # Wall-clock limit (seconds) of one DAG run. `timeout --foreground -s INT`: Snakemake stays in
 # our process group (Ctrl-C reaches it) and on timeout gets SIGINT, which cancels its jobs.
 DAG_TIMEOUT="${SVITT_CLUSTER_DAG_TIMEOUT:-1500}"
@@ -48,9 +54,11 @@ while [[ $# -gt 0 ]]; do
                 shift
             done
             ;;
+        --target) TARGET="$2" && shift 2 ;;
+        --profile) PROFILE="$2" && shift 2 ;;
         --no-fault) FAULT=0 && shift ;;
         --keep) KEEP=1 && shift ;;
-        -h | --help) sed -n '2,18p' "$0" && exit 0 ;;
+        -h | --help) sed -n '2,23p' "$0" && exit 0 ;;
         *) die "unknown argument $1 (see --help)" ;;
     esac
 done
@@ -96,10 +104,9 @@ copy_tree() {
         tar -C "$ROOT" --null -T - --ignore-failed-read -cf - 2>/dev/null | tar -C "$1" -xf -
 }
 
-tables_dir() { # the one results/<profile>/tables directory of a work dir
-    local dirs=("$1"/results/*/tables)
-    [[ ${#dirs[@]} -eq 1 && -d "${dirs[0]}" ]] || die "expected one results/*/tables in $1"
-    echo "${dirs[0]}"
+tables_dir() { # the profile's tables of a work dir (which also holds the committed ones)
+    [[ -d "$1/results/$PROFILE/tables" ]] || die "no results/$PROFILE/tables in $1"
+    echo "$1/results/$PROFILE/tables"
 }
 
 # ---- the local reference -------------------------------------------------------------------
