@@ -1,4 +1,6 @@
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -138,3 +140,20 @@ def test_generation_is_idempotent_and_refuses_foreign_folders(ci_root, tmp_path)
     with pytest.raises(FileExistsError, match="seed=5"):
         generate(ci_root, "ci", 5)
     assert not [p for p in ci_root.parent.iterdir() if ".tmp-" in p.name]
+
+
+def test_tokenizer_is_the_same_in_every_process(tmp_path):
+    """Token ids must not depend on the process (tokenizers' trainer broke ties differently in
+    each one, so two clean runs of the DAG trained on different ids)."""
+    script = (
+        "import sys; from pathlib import Path; from svitt.data.synthetic import train_tokenizer; "
+        "train_tokenizer(['a red square moves right', 'the blue circle appears, then stays', "
+        "'what color is the triangle?'] * 3, Path(sys.argv[1]))"
+    )
+    for name in ("one", "two"):
+        subprocess.run([sys.executable, "-c", script, str(tmp_path / name)], check=True)
+    one, two = ((tmp_path / name / "tokenizer.json").read_bytes() for name in ("one", "two"))
+    assert one == two
+    vocab = json.loads(one)["model"]["vocab"]
+    assert list(vocab)[:5] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    assert {"square", "circle", "##q"} <= set(vocab)

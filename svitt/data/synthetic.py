@@ -33,7 +33,7 @@ from svitt.data.annotations import REGISTRY, dataset_paths
 
 log = logging.getLogger(__name__)
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: a deterministic tokenizer vocabulary
 FRAME_SIZE = 64  # pixels; a 32x32 model crop still shows every shape and colour clearly
 FPS = 8
 TRAVEL = 32  # pixels an object moves in one event: half the frame
@@ -664,19 +664,32 @@ def order_dependent_share(entries: Sequence[dict[str, Any]]) -> float:
 
 def train_tokenizer(corpus: Sequence[str], out_dir: Path) -> None:
     """WordPiece over the synthetic corpus, BERT-style ([CLS] text [SEP], [PAD] = 0), saved in
-    Hugging Face format (AutoTokenizer.from_pretrained(out_dir) loads it)."""
+    Hugging Face format (AutoTokenizer.from_pretrained(out_dir) loads it).
+
+    The vocabulary is built here, not by `tokenizers`' trainer, whose tie-breaking between
+    equally frequent pieces changes from process to process (and with it every token id and
+    every result): special tokens, then every word of the corpus, then single characters with
+    their `##` continuations (so an unseen word still tokenizes), each group sorted.
+    """
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
-    from tokenizers.trainers import WordPieceTrainer
     from transformers import PreTrainedTokenizerFast
 
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.decoder = decoders.WordPiece()
-    tok.train_from_iterator(
-        corpus,
-        WordPieceTrainer(vocab_size=512, special_tokens=list(SPECIAL_TOKENS), show_progress=False),
+    normalizer = normalizers.BertNormalizer(lowercase=True)
+    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    words = sorted(
+        {
+            word
+            for text in corpus
+            for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text))
+        }
     )
+    chars = sorted({char for word in words for char in word})
+    pieces = [*SPECIAL_TOKENS, *words, *chars, *(f"##{char}" for char in chars)]
+    vocab = {piece: index for index, piece in enumerate(dict.fromkeys(pieces))}
+    tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+    tok.normalizer = normalizer
+    tok.pre_tokenizer = pre_tokenizer
+    tok.decoder = decoders.WordPiece()
     cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]",
