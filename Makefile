@@ -19,7 +19,8 @@ venv: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not cluster"
 
-# Fault tolerance and the live SLURM cluster: several runs of the CI-sized DAG (root needed).
+# Fault tolerance and the live SLURM cluster: four runs of the CI-sized DAG up to Table A8
+# (SVITT_FAULTS_TARGET=tables: the whole DAG each time); the SLURM test needs root.
 test-faults: $(STAMP)
 	$(BIN)/python -m pytest -q -m cluster
 
