@@ -60,7 +60,9 @@ def plot_keep_rate(profile_path: str | Path, out: str | Path) -> None:
     spec = load_spec(profile.ablations, "figure_A1")
     labels = load_datasets(profile.ablations)
     curves = keep_rate_curves(profile_path)
-    fig, axes = plt.subplots(1, len(curves), figsize=(4 * len(curves), 3.2), squeeze=False)
+    fig, axes = plt.subplots(
+        1, len(curves), figsize=(4 * len(curves), 3.2), squeeze=False, layout="constrained"
+    )
     for ax, (dataset, by_frames) in zip(axes[0], curves.items(), strict=True):
         for frames, points in sorted(by_frames.items()):
             rates, values = zip(*points, strict=True)
