@@ -117,9 +117,12 @@ def test_singularity_is_exactly_invariant_to_frame_order():
 def test_svitt_is_not_invariant_to_frame_order():
     """The control of the test above: a space-time model does see the order."""
     torch.manual_seed(0)
-    model = create_model(small_config("svitt")).double().eval()
-    # At initialisation (bias std 0.02) the order moves the embedding by only ~1e-7; a trained
-    # relative bias is what makes the difference, so give it trained-like magnitudes.
+    cfg = small_config("svitt")
+    # At BEiT's initialisation (weights std 0.02, bias std 0.02) the order moves the embedding
+    # by only ~1e-7: trained weights and relative biases are what make the difference, so give
+    # both trained-like magnitudes.
+    cfg = dataclasses.replace(cfg, vision=dataclasses.replace(cfg.vision, init_std=0.5))
+    model = create_model(cfg).double().eval()
     with torch.no_grad():
         for block in model.vision.blocks:
             block.attn.relative_position_bias_table.normal_(std=1.0)
@@ -128,7 +131,7 @@ def test_svitt_is_not_invariant_to_frame_order():
     with torch.no_grad():
         normal = shuffled_outputs(model, batch, [0, 1, 2, 3])
         reversed_ = shuffled_outputs(model, batch, [3, 2, 1, 0])
-    assert (normal["embed"] - reversed_["embed"]).abs().max() > 1e-3
+    assert (normal["embed"] - reversed_["embed"]).abs().max() > 1e-2
 
 
 def test_singularity_sparse_attention_that_does_not_fit_one_frame_is_explained():
