@@ -3,11 +3,12 @@
 Variants, all on the same q, k, v and output gradient, interleaved per repetition:
 - `dense`: `torch.nn.functional.scaled_dot_product_attention` over all `1 + n` tokens;
 - `sparse`: the library kernel `svitt.models.attention.sparse_attention`;
-- `loop`: the authors'-style Python loop over query blocks (`benchmarks.naive_attention`);
-- `fused`: `fused_sparse_attention` below, a prototype proposed for the library: one
-  autograd Function with explicit batched matmuls, keys gathered at token level with the
-  [CLS] key included, the probabilities saved for backward (the gathered keys recomputed),
-  and the key gradients scattered back with `index_add_`.
+- `gather_sdpa`: our first library kernel, SDPA over token-level gathers
+  (`benchmarks.naive_attention`);
+- `loop`: the authors'-style Python loop over query blocks (`benchmarks.naive_attention`).
+
+The process first keeps freed memory in the heap (`svitt.engine.allocator`, as training runs
+on CPU do); `--default-malloc` measures with glibc's defaults instead.
 
 Writes results/<profile>/tables/compute_attention[_cuda].{csv,md}.
 Run: `python -m benchmarks.attention` (`--quick` for a smoke run on tiny shapes).
@@ -31,121 +32,15 @@ from benchmarks.common import (
     median,
     peak_memory,
     pick_device,
+    set_allocator,
     table_suffix,
     time_interleaved,
     write_table,
 )
-from benchmarks.naive_attention import loop_sparse_attention
-from svitt.models.attention import BiasFn, block_pattern, pattern_edges, sparse_attention
+from benchmarks.naive_attention import gather_sdpa_attention, loop_sparse_attention
+from svitt.models.attention import block_pattern, pattern_edges, sparse_attention
 
 Kernel = Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor | None]]
-
-
-# --- prototype kernel -------------------------------------------------------------------
-
-
-def _key_index(key_blocks: Tensor, block_size: int) -> Tensor:
-    """Sequence index of every key of each query block, [CLS] first: [nb, 1 + K * G]."""
-    offsets = torch.arange(block_size, device=key_blocks.device)
-    index = (key_blocks[:, :, None] * block_size + offsets).flatten(1) + 1
-    return torch.cat([index.new_zeros(index.shape[0], 1), index], dim=1)
-
-
-class _BlockSparse(torch.autograd.Function):
-    """Non-[CLS] rows of block-sparse attention; `mask` is an additive [.., H, nb, G, 1+KG]."""
-
-    @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: torch.autograd.function.FunctionCtx,
-        q: Tensor,
-        k: Tensor,
-        v: Tensor,
-        index: Tensor,
-        mask: Tensor | None,
-        block_size: int,
-    ) -> Tensor:
-        batch, heads, length, dim = q.shape
-        num_blocks, num_keys = index.shape
-        n, bh = length - 1, batch * heads
-        pad = num_blocks * block_size - n
-        qb = q[:, :, 1:] * dim**-0.5
-        if pad:
-            qb = F.pad(qb, (0, 0, 0, pad))
-        qb = qb.reshape(bh * num_blocks, block_size, dim)
-        flat = index.flatten()
-        kg = k.reshape(bh, length, dim).index_select(1, flat).view(-1, num_keys, dim)
-        vg = v.reshape(bh, length, dim).index_select(1, flat).view(-1, num_keys, dim)
-        logits = torch.bmm(qb, kg.transpose(1, 2))
-        if mask is not None:
-            logits.view(batch, heads, num_blocks, block_size, num_keys).add_(mask)
-        probs = torch.softmax(logits, dim=-1)
-        del logits
-        out = torch.bmm(probs, vg)
-        ctx.save_for_backward(qb, k, v, index, probs, out)
-        ctx.shape = (q.shape, block_size, None if mask is None else mask.shape)
-        return out.view(batch, heads, num_blocks * block_size, dim)[:, :, :n]
-
-    @staticmethod
-    def backward(  # type: ignore[override]
-        ctx: torch.autograd.function.FunctionCtx, grad: Tensor
-    ) -> tuple[Tensor | None, ...]:
-        qb, k, v, index, probs, out = ctx.saved_tensors
-        (batch, heads, length, dim), block_size, mask_shape = ctx.shape
-        num_blocks, num_keys = index.shape
-        n, bh = length - 1, batch * heads
-        pad = num_blocks * block_size - n
-        flat = index.flatten()
-        kg = k.reshape(bh, length, dim).index_select(1, flat).view(-1, num_keys, dim)
-        vg = v.reshape(bh, length, dim).index_select(1, flat).view(-1, num_keys, dim)
-        if pad:
-            grad = F.pad(grad, (0, 0, 0, pad))
-        grad = grad.reshape(bh * num_blocks, block_size, dim).contiguous()
-        dvg = torch.bmm(probs.transpose(1, 2), grad)
-        dlogits = torch.bmm(grad, vg.transpose(1, 2))
-        dlogits.sub_((grad * out).sum(-1, keepdim=True)).mul_(probs)
-        dqb = torch.bmm(dlogits, kg).mul_(dim**-0.5)
-        dkg = torch.bmm(dlogits.transpose(1, 2), qb)
-        dk = k.new_zeros(bh, length, dim).index_add_(1, flat, dkg.view(bh, -1, dim))
-        dv = v.new_zeros(bh, length, dim).index_add_(1, flat, dvg.view(bh, -1, dim))
-        dq = k.new_zeros(batch, heads, length, dim)
-        dq[:, :, 1:] = dqb.view(batch, heads, -1, dim)[:, :, :n]
-        dmask = None
-        if mask_shape is not None and ctx.needs_input_grad[4]:
-            shape = (batch, heads, num_blocks, block_size, num_keys)
-            dmask = dlogits.view(shape).sum_to_size(mask_shape)
-        shape = (batch, heads, length, dim)
-        return dq, dk.view(shape), dv.view(shape), None, dmask, None
-
-
-def fused_sparse_attention(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    key_blocks: Tensor,
-    block_size: int,
-    bias_fn: BiasFn | None = None,
-) -> tuple[Tensor, Tensor]:
-    """Same contract as `svitt.models.attention.sparse_attention` (prototype)."""
-    length, dim = q.shape[2], q.shape[3]
-    n = length - 1
-    index = _key_index(key_blocks.to(q.device), block_size)
-    padded = index > n
-    index = index.clamp(max=n)  # padded keys: any valid index, masked below
-    mask = None
-    if bias_fn is not None:
-        query = 1 + torch.arange(index.shape[0] * block_size, device=q.device)
-        mask = bias_fn(query.view(-1, block_size).clamp(max=n), index).to(q.dtype)
-    if bool(padded.any()):
-        padding = torch.zeros(padded.shape, dtype=q.dtype, device=q.device)
-        padding = padding.masked_fill(padded, float("-inf"))[:, None, :]
-        mask = padding if mask is None else mask + padding
-    out = _BlockSparse.apply(q, k, v, index, mask, block_size)
-    logits = (q[:, :, :1] @ k.transpose(-1, -2)) * dim**-0.5
-    if bias_fn is not None:
-        keys = torch.arange(length, device=q.device)
-        logits = logits + bias_fn(keys[:1], keys)
-    probs = logits.softmax(dim=-1)
-    return torch.cat([probs @ v, out], dim=2), probs[:, :, 0]
 
 
 # --- benchmark --------------------------------------------------------------------------
@@ -159,8 +54,8 @@ def kernels(key_blocks: Tensor, block_size: int, with_loop: bool) -> dict[str, K
     out: dict[str, Kernel] = {
         "dense": dense_kernel,
         "sparse": functools.partial(sparse_attention, key_blocks=key_blocks, block_size=block_size),
-        "fused": functools.partial(
-            fused_sparse_attention, key_blocks=key_blocks, block_size=block_size
+        "gather_sdpa": functools.partial(
+            gather_sdpa_attention, key_blocks=key_blocks, block_size=block_size
         ),
     }
     if with_loop:
@@ -227,15 +122,14 @@ def goal_notes(rows: list[dict]) -> list[str]:
     """Issue #7 goals: >= 8x faster than dense at T = 16, >= 4x at T = 8."""
     notes = []
     for frames, goal in ((16, 8.0), (8, 4.0)):
-        for variant in ("sparse", "fused"):
-            found = [r for r in rows if r["frames"] == frames and r["variant"] == variant]
-            if found:
-                got = found[0]["speedup_vs_dense"]
-                verdict = "met" if got >= goal else "MISSED"
-                notes.append(
-                    f"goal T={frames}: {variant} >= {goal:g}x faster than dense: {verdict} "
-                    f"(measured {got:g}x)"
-                )
+        found = [r for r in rows if r["frames"] == frames and r["variant"] == "sparse"]
+        if found:
+            got = found[0]["speedup_vs_dense"]
+            verdict = "met" if got >= goal else "MISSED"
+            notes.append(
+                f"goal T={frames}: sparse >= {goal:g}x faster than dense: {verdict} "
+                f"(measured {got:g}x)"
+            )
     return notes
 
 
@@ -252,6 +146,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--reps", type=int, default=0, help="0: 7 at T=4, else 5")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--no-loop", action="store_true", help="skip the Python-loop baseline")
+    parser.add_argument(
+        "--default-malloc", action="store_true", help="keep glibc's default allocator settings"
+    )
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
     parser.add_argument("--profile", default="synthetic", help="results/<profile>/")
     parser.add_argument("--results", type=Path, default=Path("results"))
@@ -267,6 +164,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = parse_args(argv)
     device = pick_device(args.device)
     info = machine_info(device)
+    if device.type == "cpu":
+        info["malloc"] = set_allocator(args.default_malloc)
     print(", ".join(f"{key}: {value}" for key, value in info.items()), flush=True)
     rows = [row for frames in args.frames for row in bench_length(args, frames, device)]
     stem = args.results / args.profile / "tables" / f"compute_attention{table_suffix(device)}"

@@ -27,6 +27,8 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
+from svitt.engine.allocator import retain_freed_memory
+
 
 def pick_device(name: str) -> torch.device:
     """`auto` -> CUDA when present, else CPU."""
@@ -53,6 +55,13 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
+
+
+def set_allocator(default_malloc: bool) -> str:
+    """Apply the allocator the training runs use on CPU, unless told not to; describe it."""
+    if default_malloc:
+        return "glibc defaults"
+    return "freed memory kept" if retain_freed_memory() else "default (no glibc mallopt)"
 
 
 def machine_info(device: torch.device) -> dict[str, str]:

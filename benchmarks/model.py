@@ -34,6 +34,7 @@ from benchmarks.common import (
     peak_memory,
     pick_device,
     save_figure,
+    set_allocator,
     table_suffix,
     time_interleaved,
     write_table,
@@ -250,6 +251,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--text-len", type=int, default=32, help="N_t")
     parser.add_argument("--reps", type=int, default=0, help="0: 3 at T>=8, else 5")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    parser.add_argument(
+        "--default-malloc", action="store_true", help="keep glibc's default allocator settings"
+    )
     parser.add_argument("--profile", default="synthetic", help="results/<profile>/")
     parser.add_argument("--results", type=Path, default=Path("results"))
     parser.add_argument("--quick", action="store_true", help="tiny model, T = 2, 4 (smoke run)")
@@ -263,6 +267,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = parse_args(argv)
     device = pick_device(args.device)
     info = machine_info(device)
+    if device.type == "cpu":
+        info["malloc"] = set_allocator(args.default_malloc)
     print(", ".join(f"{key}: {value}" for key, value in info.items()), flush=True)
     rows = [row for frames in args.frames for row in bench_vision(args, frames, device)]
     rows += bench_multimodal(args, max(args.frames), device)

@@ -55,9 +55,14 @@ class VisionConfig:
     # scratch. BEiT's 0.02 suits 768-wide layers; a narrow model (the synthetic profile's 96)
     # starts with nearly silent residual branches at 0.02 and learns far more slowly.
     init_std: float = 0.02
+    # Std of the absolute position embedding at initialisation (with abs_pos_emb). ViT's 0.02
+    # is ~1% of a patch embedding of this model: from scratch, the model stays blind to frame
+    # order for its whole budget (docs/workflow.md, "Temporal learning").
+    pos_init_std: float = 0.02
 
     def __post_init__(self) -> None:
         _check(self.init_std > 0, "init_std", "a positive number", self.init_std)
+        _check(self.pos_init_std > 0, "pos_init_std", "a positive number", self.pos_init_std)
         _check(
             self.image_size % self.patch_size == 0,
             "image_size",
@@ -227,6 +232,9 @@ class DataConfig:
     allow_bad_videos_at_eval: bool = False  # if true, bad files are dropped and listed
     # Training crop area as a share of the frame (RandomResizedCrop); (1, 1): the whole frame.
     crop_scale: tuple[float, float] = (0.5, 1.0)
+    # Put each order-dependent training pair's time-reversed twin (frames reversed, caption
+    # from the annotation's "reversed_caption") in the same batch as a hard negative.
+    reversal_negatives: bool = False
 
     def __post_init__(self) -> None:
         low, high = self.crop_scale

@@ -68,6 +68,24 @@ def test_sparse_equals_dense_with_equivalent_mask(n, local, random):
     assert pattern_edges(key_blocks, n, block_size) == int(mask[1:].sum())
 
 
+@pytest.mark.parametrize(("batch", "n"), [(2, 23), (1, 24)])
+def test_sparse_gradients_equal_masked_dense(batch, n):
+    """The hand-written backward, bias-table gradient included, padded tail or not."""
+    block_size = 4
+    q, k, v = (x.requires_grad_() for x in qkv(batch=batch, length=1 + n))
+    full, bias = table_bias(1, 3, 1 + n)
+    full.requires_grad_()
+    key_blocks = block_pattern(-(-n // block_size), 1, 2, torch.Generator().manual_seed(4))
+    out, cls_attn = sparse_attention(q, k, v, key_blocks, block_size, bias)
+    weights = torch.randn(out.shape, dtype=out.dtype, generator=torch.Generator().manual_seed(5))
+    loss = (out * weights).sum() + cls_attn.square().sum()
+    grads = torch.autograd.grad(loss, (q, k, v, full))
+    ref_out, ref_cls = reference(q, k, v, full, block_mask(key_blocks, n, block_size))
+    ref_loss = (ref_out * weights).sum() + ref_cls.square().sum()
+    for got, want in zip(grads, torch.autograd.grad(ref_loss, (q, k, v, full)), strict=True):
+        torch.testing.assert_close(got, want)
+
+
 def test_sparse_without_bias_masks_the_padding():
     q, k, v = qkv(length=1 + 23)
     key_blocks = block_pattern(6, 1, 2, torch.Generator().manual_seed(0))

@@ -11,12 +11,17 @@ import torch
 from benchmarks import attention as attention_bench
 from benchmarks import model as model_bench
 from benchmarks.common import peak_memory
-from benchmarks.naive_attention import loop_sparse_attention, masked_dense_attention, sparse_mask
-from svitt.models.attention import block_pattern
+from benchmarks.naive_attention import (
+    gather_sdpa_attention,
+    loop_sparse_attention,
+    masked_dense_attention,
+    sparse_mask,
+)
+from svitt.models.attention import block_pattern, sparse_attention
 
 
 @pytest.mark.parametrize("num_tokens", [32, 29])  # exact blocks, and a padded last block
-def test_loop_and_fused_match_masked_dense(num_tokens: int) -> None:
+def test_every_kernel_matches_masked_dense(num_tokens: int) -> None:
     torch.manual_seed(0)
     block_size = 4
     num_blocks = -(-num_tokens // block_size)
@@ -26,35 +31,12 @@ def test_loop_and_fused_match_masked_dense(num_tokens: int) -> None:
     expected = masked_dense_attention(q, k, v, key_blocks, block_size)
     grad = torch.randn(shape, dtype=torch.float64)
     want = torch.autograd.grad(expected, (q, k, v), grad)
-    for kernel in (loop_sparse_attention, attention_bench.fused_sparse_attention):
+    for kernel in (loop_sparse_attention, gather_sdpa_attention, sparse_attention):
         out, cls_attn = kernel(q, k, v, key_blocks, block_size)
         torch.testing.assert_close(out, expected)
         assert torch.allclose(cls_attn.sum(-1), torch.ones((), dtype=torch.float64))
         for got, ref in zip(torch.autograd.grad(out, (q, k, v), grad), want, strict=True):
             torch.testing.assert_close(got, ref)
-
-
-def test_fused_bias_gradient_matches_library() -> None:
-    from svitt.models.attention import sparse_attention
-
-    torch.manual_seed(0)
-    num_tokens, block_size = 30, 4
-    key_blocks = block_pattern(8, 1, 3, torch.Generator().manual_seed(2))
-    table = torch.randn(64, 2, dtype=torch.float64, requires_grad=True)
-
-    def bias_fn(query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
-        index = (query[..., :, None] * 7 + key[..., None, :] * 3) % table.shape[0]
-        return table[index].movedim(-1, 0)[None]
-
-    shape = (1, 2, 1 + num_tokens, 8)
-    q, k, v = (torch.randn(shape, dtype=torch.float64, requires_grad=True) for _ in "qkv")
-    grads = []
-    for kernel in (sparse_attention, attention_bench.fused_sparse_attention):
-        out, cls_attn = kernel(q, k, v, key_blocks, block_size, bias_fn)
-        loss = out.square().sum() + cls_attn.sum()
-        grads.append(torch.autograd.grad(loss, (q, k, v, table)))
-    for got, ref in zip(*grads, strict=True):
-        torch.testing.assert_close(got, ref)
 
 
 def test_sparse_mask_counts_the_pattern() -> None:
@@ -78,7 +60,7 @@ def test_attention_benchmark_quick(tmp_path: Path) -> None:
     rows = attention_bench.main(["--quick", "--results", str(tmp_path), "--device", "cpu"])
     table = pd.read_csv(tmp_path / "synthetic" / "tables" / "compute_attention.csv")
     assert len(table) == len(rows) == 8
-    assert set(table["variant"]) == {"dense", "sparse", "fused", "loop"}
+    assert set(table["variant"]) == {"dense", "sparse", "gather_sdpa", "loop"}
     assert (tmp_path / "synthetic" / "tables" / "compute_attention.md").is_file()
 
 

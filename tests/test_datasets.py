@@ -12,6 +12,7 @@ from svitt.data.datasets import (
     pretrain_loader,
     qa_eval,
     retrieval_eval,
+    retrieval_train_loader,
     set_epoch,
 )
 from svitt.data.synthetic import Obj, Script, State, render, train_tokenizer, write_video
@@ -166,3 +167,35 @@ def test_clip_content_matches_video(root):
     red = ((clip * std + mean)[:, 0] > 0.6).float()  # [T, H, W]
     columns = [float((m.sum(0) * torch.arange(32)).sum() / m.sum()) for m in red]
     assert np.all(np.diff(columns) > 0)  # moving right, frame after frame
+
+
+def test_reversal_negatives_add_each_order_dependent_twin(root):
+    (root / "ssv2_label" / "annotations").mkdir(parents=True)
+    (root / "ssv2_label" / "videos").symlink_to(root / "webvid" / "videos")
+    entries = [
+        {"video": "v0.mp4", "caption": CAPTIONS[0], "reversed_caption": CAPTIONS[3]},
+        {"video": "v1.mp4", "caption": CAPTIONS[2], "reversed_caption": CAPTIONS[2]},
+        {"video": "v2.mp4", "caption": CAPTIONS[1], "reversed_caption": CAPTIONS[4]},
+        {"video": "v3.mp4", "caption": CAPTIONS[5]},
+    ]
+    annotation = root / "ssv2_label" / "annotations" / "train.json"
+    annotation.write_text(json.dumps(entries[:3] * 2))
+    tok = load_tokenizer(root / "tokenizer")
+    cfg = config(root, dataset="ssv2_label", reversal_negatives=True)
+    loader = retrieval_train_loader(cfg, tok)
+    set_epoch(loader, 0)
+    plain = retrieval_train_loader(config(root, dataset="ssv2_label"), tok)
+    set_epoch(plain, 0)
+    for batch, reference in zip(loader, plain, strict=True):
+        size = len(reference["video_id"])
+        ids = batch["video_id"].tolist()
+        assert torch.equal(batch["video"][:size], reference["video"])
+        twins = [i for i, v in enumerate(reference["video_id"].tolist()) if v != 1]
+        assert ids[size:] == [reference["video_id"][i].item() + 3 for i in twins]
+        for twin, i in enumerate(twins, start=size):
+            assert torch.equal(batch["video"][twin], reference["video"][i].flip(0))
+            caption = tok.decode(batch["text_ids"][twin], skip_special_tokens=True)
+            assert caption == {0: CAPTIONS[3], 2: CAPTIONS[4]}[ids[i]]
+    annotation.write_text(json.dumps(entries))
+    with pytest.raises(ConfigError, match=r"data\.reversal_negatives.*train\.json.*v3\.mp4"):
+        retrieval_train_loader(cfg, tok)

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from svitt.config import ModelConfig, SparsityConfig, TextConfig, VisionConfig
+from svitt.config import ConfigError, ModelConfig, SparsityConfig, TextConfig, VisionConfig
 from svitt.models.factory import create_model, tiny_model_config
 from svitt.models.svitt import (
     SViTT,
@@ -255,3 +255,13 @@ def test_init_std_sets_the_scale_of_weights_trained_from_scratch():
         text_std = model.text.layers[0].intermediate.dense.weight.std().item()
         assert vision_std == pytest.approx(std, rel=0.15)  # truncated at +-2: a bit below std
         assert text_std == pytest.approx(std, rel=0.1)
+
+
+def test_pos_init_std_sets_the_scale_of_the_absolute_position_embedding():
+    cfg = tiny_model_config()
+    for std in (0.02, 0.5):
+        vision = dataclasses.replace(cfg.vision, abs_pos_emb=True, pos_init_std=std)
+        model = create_model(dataclasses.replace(cfg, vision=vision))
+        assert model.vision.pos_embed.std().item() == pytest.approx(std, rel=0.15)
+    with pytest.raises(ConfigError, match="pos_init_std"):
+        dataclasses.replace(cfg.vision, pos_init_std=0.0)

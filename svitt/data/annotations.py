@@ -101,10 +101,12 @@ def dataset_paths(root: str | Path, name: str) -> DatasetPaths:
 
 @dataclass(frozen=True)
 class TextVideo:
-    """One caption paired with one video (a training pair)."""
+    """One caption paired with one video (a training pair); `reversed_caption`, where the
+    annotation has it, describes the same video played backwards."""
 
     video: str
     caption: str
+    reversed_caption: str | None = None
 
 
 @dataclass(frozen=True)
@@ -185,12 +187,14 @@ def annotation_counts(path: str | Path) -> tuple[list[str], int]:
 def load_text_video(path: str | Path) -> list[TextVideo]:
     """Training pairs; a multi-video entry becomes one pair per video."""
     path = Path(path)
-    return [
-        TextVideo(video, caption)
-        for i, entry in enumerate(_read_list(path))
-        for caption in [_text(path, i, entry, "caption")]
-        for video in _videos(path, i, entry)
-    ]
+    pairs = []
+    for i, entry in enumerate(_read_list(path)):
+        caption = _text(path, i, entry, "caption")
+        reverse = None
+        if isinstance(entry, dict) and "reversed_caption" in entry:
+            reverse = _text(path, i, entry, "reversed_caption")
+        pairs += [TextVideo(video, caption, reverse) for video in _videos(path, i, entry)]
+    return pairs
 
 
 def load_retrieval_queries(path: str | Path) -> list[RetrievalQuery]:

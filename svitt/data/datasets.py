@@ -96,11 +96,22 @@ class _VideoSamples(Dataset):
 
 
 class TextVideoDataset(_VideoSamples):
-    """Caption-video pairs for pre-training and retrieval fine-tuning."""
+    """Caption-video pairs for pre-training and retrieval fine-tuning.
 
-    def __init__(self, pairs: Sequence[tuple[Path, str]], clips: ClipLoader) -> None:
+    With `reversed_texts`, a pair whose reversed caption differs from its caption also yields
+    its twin: the same clip with the frames reversed, that caption, and a video id of its own,
+    so the two are negatives of each other in the batch's contrastive and matching losses.
+    """
+
+    def __init__(
+        self,
+        pairs: Sequence[tuple[Path, str]],
+        clips: ClipLoader,
+        reversed_texts: Sequence[str] | None = None,
+    ) -> None:
         super().__init__(clips)
         self.pairs = list(pairs)
+        self.reversed_texts = reversed_texts
         self.videos = unique_videos([str(p) for p, _ in self.pairs])
         position = {v: i for i, v in enumerate(self.videos)}
         self.video_ids = [position[str(p)] for p, _ in self.pairs]
@@ -113,7 +124,14 @@ class TextVideoDataset(_VideoSamples):
         clip = self._clip(path, index)
         if clip is None:
             return {"skipped": str(path)}
-        return {"video": clip, "video_id": self.video_ids[index], "text": text}
+        sample = {"video": clip, "video_id": self.video_ids[index], "text": text}
+        if self.reversed_texts is not None and self.reversed_texts[index] != text:
+            sample["twin"] = {
+                "video": clip.flip(0),
+                "video_id": self.video_ids[index] + len(self.videos),
+                "text": self.reversed_texts[index],
+            }
+        return sample
 
 
 class VideoDataset(_VideoSamples):
@@ -178,6 +196,7 @@ class Collator:
 
     def __call__(self, samples: Sequence[Sample]) -> dict[str, Any]:
         good = [s for s in samples if "skipped" not in s]
+        good += [s["twin"] for s in good if "twin" in s]
         batch: dict[str, Any] = {
             "skipped": [s["skipped"] for s in samples if "skipped" in s],
             "video": torch.stack([s["video"] for s in good])
@@ -308,18 +327,29 @@ def _downstream(cfg: RunConfig, task: str) -> str:
 
 
 def text_video_dataset(
-    root: str | Path, names: Sequence[str], split: Split, clips: ClipLoader
+    root: str | Path,
+    names: Sequence[str],
+    split: Split,
+    clips: ClipLoader,
+    reversal_negatives: bool = False,
 ) -> TextVideoDataset:
     """Training pairs of one or more datasets (pre-training concatenates cfg.data.train)."""
-    pairs = []
+    pairs, reversed_texts = [], []
     for name in names:
         paths = dataset_paths(root, name)
         if paths.spec.task == "qa":
             raise ConfigError(f"dataset {name!r} is a QA dataset, not a caption dataset")
-        pairs += [
-            (paths.video(r.video), r.caption) for r in load_text_video(paths.annotation(split))
-        ]
-    return TextVideoDataset(pairs, clips)
+        records = load_text_video(paths.annotation(split))
+        missing = [r.video for r in records if r.reversed_caption is None]
+        if reversal_negatives and missing:
+            raise ConfigError(
+                f"data.reversal_negatives: true needs a 'reversed_caption' in every entry of "
+                f"{paths.annotation(split)}; missing for {len(missing)} of {len(records)} "
+                f"(first: {missing[0]!r}). Set it to false for this dataset."
+            )
+        pairs += [(paths.video(r.video), r.caption) for r in records]
+        reversed_texts += [r.reversed_caption for r in records]
+    return TextVideoDataset(pairs, clips, reversed_texts if reversal_negatives else None)
 
 
 @dataclass
@@ -362,7 +392,9 @@ def pretrain_loader(
     cfg: RunConfig, tokenizer: Any, rank: int = 0, world_size: int = 1
 ) -> DataLoader:
     clips = clip_loader(cfg, train=True)
-    dataset = text_video_dataset(cfg.data.root, cfg.data.train, "train", clips)
+    dataset = text_video_dataset(
+        cfg.data.root, cfg.data.train, "train", clips, cfg.data.reversal_negatives
+    )
     return train_loader(
         dataset,
         collator(cfg, tokenizer, clips),
@@ -379,7 +411,7 @@ def retrieval_train_loader(
 ) -> DataLoader:
     clips = clip_loader(cfg, train=True)
     name = _downstream(cfg, "retrieval")
-    dataset = text_video_dataset(cfg.data.root, [name], "train", clips)
+    dataset = text_video_dataset(cfg.data.root, [name], "train", clips, cfg.data.reversal_negatives)
     return train_loader(
         dataset,
         collator(cfg, tokenizer, clips),

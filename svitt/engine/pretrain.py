@@ -37,7 +37,9 @@ def _run(args: argparse.Namespace) -> int:
     if run.init_from is not None:
         runner.load_into(model, run.init_from, cfg.model, prefix="vision.")
     clips = clip_loader(cfg, train=True)
-    dataset = text_video_dataset(cfg.data.root, cfg.data.train, "train", clips)
+    dataset = text_video_dataset(
+        cfg.data.root, cfg.data.train, "train", clips, cfg.data.reversal_negatives
+    )
     summary = runner.train(
         run,
         model,

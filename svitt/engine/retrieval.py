@@ -180,7 +180,9 @@ def _run(args: argparse.Namespace, stage: str) -> int:
         if run.init_from is not None:
             runner.load_into(model, run.init_from, cfg.model, prefix="vision.")
         clips = clip_loader(cfg, train=True)
-        dataset = text_video_dataset(cfg.data.root, [cfg.data.dataset], "train", clips)
+        dataset = text_video_dataset(
+            cfg.data.root, [cfg.data.dataset], "train", clips, cfg.data.reversal_negatives
+        )
         summary = runner.train(
             run,
             model,

@@ -30,6 +30,7 @@ from svitt.config import ConfigError, ModelConfig, RunConfig, asdict, flatten, l
 from svitt.config import parse_override as parse_override_text
 from svitt.data.datasets import BadVideosError
 from svitt.engine import distributed as dist_utils
+from svitt.engine.allocator import retain_freed_memory
 from svitt.engine.checkpoint import (
     CHECKPOINT,
     LAST,
@@ -271,6 +272,8 @@ def start_run(
 
     env = dist_utils.init_distributed(cfg.device)
     _setup_logging(out, env)
+    if env.device.type == "cpu":
+        retain_freed_memory()
     seed_everything(cfg.seed + env.rank)
     resume_id = resume_state.get("tracking_run_id") if resume_state else None
     tracker = Tracker.start(

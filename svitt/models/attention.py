@@ -11,6 +11,7 @@ sparse path.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
@@ -81,6 +82,134 @@ def dense_attention(
     return out, cls_attn
 
 
+class _BlockSparse(torch.autograd.Function):
+    """Block-sparse attention, forward and backward by hand; [CLS]'s full row included.
+
+    Why not SDPA on gathered keys: on CPU, most of that path's time went to token-level
+    gathers, their scatter-add backward and fresh large allocations, not to the matmuls. Here
+    keys and values are gathered a whole block (G * d contiguous floats) at a time, the [CLS]
+    key is scored separately instead of being concatenated to every block, the softmax runs
+    in place, the backward scatters whole blocks with one `index_add_`, and the [CLS] row's
+    gradients are added in place rather than summed by autograd.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        key_blocks: Tensor,
+        mask: Tensor | None,
+        cls_mask: Tensor | None,
+        block_size: int,
+    ) -> tuple[Tensor, Tensor]:
+        batch, heads, length, dim = q.shape
+        num_blocks = key_blocks.shape[0]
+        by_head = functools.partial(_by_head, batch=batch, heads=heads)
+        flat = key_blocks.flatten()
+        scaled = q * dim**-0.5
+        qb = _blocks(scaled, num_blocks, block_size).reshape(-1, block_size, dim)
+        kg, vg = (_gather(x, flat, num_blocks, block_size) for x in (k, v))
+        k_cls, v_cls = by_head(k[:, :, :1]), by_head(v[:, :, :1])
+        logits = torch.bmm(qb, kg.transpose(1, 2))  # [BH*nb, G, K*G]
+        cls_logits = torch.bmm(by_head(qb), k_cls.mT).view(-1, block_size, 1)
+        if mask is not None:
+            shape = (batch, heads, num_blocks, block_size, -1)
+            logits.view(shape).add_(mask[..., 1:])
+            cls_logits.view(shape).add_(mask[..., :1])
+        top = torch.maximum(logits.amax(-1, keepdim=True), cls_logits)
+        probs = logits.sub_(top).exp_()
+        cls_probs = cls_logits.sub_(top).exp_()
+        total = probs.sum(-1, keepdim=True).add_(cls_probs)
+        probs.div_(total)
+        cls_probs.div_(total)
+        rows = torch.bmm(probs, vg)
+        by_head(rows).baddbmm_(by_head(cls_probs), v_cls)
+        # The [CLS] query attends to every key.
+        row0 = torch.bmm(by_head(scaled[:, :, :1]), by_head(k).mT)  # [BH, 1, N]
+        if cls_mask is not None:
+            row0.view(batch, heads, 1, length).add_(cls_mask)
+        row0 = row0.softmax(dim=-1)
+        out = torch.cat([torch.bmm(row0, by_head(v)), by_head(rows)[:, : length - 1]], dim=1)
+        ctx.save_for_backward(scaled, qb, k, v, flat, probs, cls_probs, rows, row0)
+        ctx.mask_shapes = tuple(None if m is None else m.shape for m in (mask, cls_mask))
+        ctx.sizes = (batch, heads, num_blocks, block_size)
+        return out.view(q.shape), row0.view(batch, heads, length)
+
+    @staticmethod
+    def backward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx, grad: Tensor, grad_cls_attn: Tensor
+    ) -> tuple[Tensor | None, ...]:
+        scaled, qb, k, v, flat, probs, cls_probs, rows, row0 = ctx.saved_tensors
+        batch, heads, num_blocks, block_size = ctx.sizes
+        length, dim = k.shape[2:]
+        by_head = functools.partial(_by_head, batch=batch, heads=heads)
+        k_cls, v_cls = by_head(k[:, :, :1]), by_head(v[:, :, :1])
+        grad0 = by_head(grad[:, :, :1])
+        grad = _blocks(grad, num_blocks, block_size).reshape(-1, block_size, dim)
+        kg, vg = (_gather(x, flat, num_blocks, block_size) for x in (k, v))
+        # dL/dlogits = P * (dL/dP - rowsum(P * dL/dP)), for the block keys and the [CLS] key.
+        row_dot = torch.linalg.vecdot(grad, rows).unsqueeze(-1)
+        dlogits = torch.bmm(grad, vg.transpose(1, 2)).sub_(row_dot).mul_(probs)
+        dcls = torch.bmm(by_head(grad), v_cls.mT).view_as(row_dot).sub_(row_dot).mul_(cls_probs)
+        dq_rows = torch.bmm(dlogits, kg)
+        by_head(dq_rows).baddbmm_(by_head(dcls), k_cls)
+        dk = _scatter_blocks(torch.bmm(dlogits.transpose(1, 2), qb), flat, length, num_blocks)
+        dk[:, :1] = torch.bmm(by_head(dcls).mT, by_head(qb))
+        dv = _scatter_blocks(torch.bmm(probs.transpose(1, 2), grad), flat, length, num_blocks)
+        dv[:, :1] = torch.bmm(by_head(cls_probs).mT, by_head(grad))
+        # The [CLS] row, through its softmax.
+        drow0 = torch.bmm(grad0, by_head(v).mT).add_(grad_cls_attn.view_as(row0))
+        drow0.sub_(torch.linalg.vecdot(drow0, row0).unsqueeze(-1)).mul_(row0)
+        dv.baddbmm_(row0.mT, grad0)
+        dk.baddbmm_(drow0.mT, by_head(scaled[:, :, :1]))
+        dq = torch.cat([torch.bmm(drow0, by_head(k)), by_head(dq_rows)[:, : length - 1]], dim=1)
+        dmask = dcls_mask = None
+        mask_shape, cls_mask_shape = ctx.mask_shapes
+        if ctx.needs_input_grad[4]:
+            shape = (batch, heads, num_blocks, block_size, -1)
+            dmask = torch.cat([dcls.view(shape), dlogits.view(shape)], dim=-1)
+            dmask = dmask.sum_to_size(mask_shape)
+        if ctx.needs_input_grad[5]:
+            dcls_mask = drow0.view(batch, heads, 1, length).sum_to_size(cls_mask_shape)
+        shape = (batch, heads, length, dim)
+        dq = dq.mul_(dim**-0.5).view(shape)
+        return dq, dk.view(shape), dv.view(shape), None, dmask, dcls_mask, None
+
+
+def _by_head(x: Tensor, batch: int, heads: int) -> Tensor:
+    """[B, H, m, d] or [B*H*nb, G, d] -> [B*H, m', d] (a view where possible)."""
+    return x.reshape(batch * heads, -1, x.shape[-1])
+
+
+def _blocks(x: Tensor, num_blocks: int, block_size: int) -> Tensor:
+    """Non-[CLS] rows of [B, H, 1+n, d] as [B*H, nb, G*d], zero-padded to whole blocks."""
+    batch, heads, length, dim = x.shape
+    rows = x[:, :, 1:]
+    pad = num_blocks * block_size - (length - 1)
+    if pad:
+        rows = F.pad(rows, (0, 0, 0, pad))
+    return rows.reshape(batch * heads, num_blocks, block_size * dim)
+
+
+def _gather(x: Tensor, flat: Tensor, num_blocks: int, block_size: int) -> Tensor:
+    """The key blocks of every query block: [B*H*nb, K*G, d]."""
+    picked = _blocks(x, num_blocks, block_size).index_select(1, flat)
+    return picked.view(-1, flat.numel() // num_blocks * block_size, x.shape[-1])
+
+
+def _scatter_blocks(grad: Tensor, flat: Tensor, length: int, num_blocks: int) -> Tensor:
+    """Sum gathered-block gradients [B*H*nb, K*G, d] back onto [B*H, length, d]; row 0 zero."""
+    dim = grad.shape[-1]
+    heads_batch = grad.shape[0] // num_blocks
+    block_size = grad.shape[1] // (flat.numel() // num_blocks)
+    total = grad.new_zeros(heads_batch, 1 + num_blocks * block_size, dim)
+    blocks = total[:, 1:].view(heads_batch, num_blocks, block_size * dim)
+    blocks.index_add_(1, flat, grad.view(heads_batch, flat.numel(), block_size * dim))
+    return total[:, :length]
+
+
 def sparse_attention(
     q: Tensor,
     k: Tensor,
@@ -94,8 +223,7 @@ def sparse_attention(
     `key_blocks` ([num_blocks, K], from `block_pattern`) is shared by the batch and the heads.
     Returns the output [B, H, 1 + n, d] and [CLS]'s attention over all keys [B, H, 1 + n].
     """
-    heads, length = q.shape[1], q.shape[2]
-    n = length - 1
+    n = q.shape[2] - 1
     num_blocks = key_blocks.shape[0]
     if num_blocks != -(-n // block_size):
         raise ValueError(
@@ -103,34 +231,23 @@ def sparse_attention(
             f"{-(-n // block_size)} blocks of {block_size}"
         )
     device = q.device
+    key_blocks = key_blocks.to(device)
     offsets = torch.arange(block_size, device=device)
-    key_index = rearrange(
-        key_blocks.to(device)[:, :, None] * block_size + offsets, "nb k g -> nb (k g)"
-    )
+    key_index = rearrange(key_blocks[:, :, None] * block_size + offsets, "nb k g -> nb (k g)")
     key_index = torch.cat([key_index.new_zeros(num_blocks, 1), key_index + 1], dim=1)
-    query_index = 1 + torch.arange(num_blocks * block_size, device=device).view(num_blocks, -1)
     # Positions past the last token (the padded tail of the last block) are clamped onto a real
-    # token so the gathers stay in range; as keys they are masked, as queries dropped.
+    # token for the bias lookup; as keys they are masked, as queries dropped.
     key_index, key_pad = key_index.clamp(max=n), key_index > n
-    query_index = query_index.clamp(max=n)
     mask = None
     if bias_fn is not None:
-        mask = bias_fn(query_index, key_index).to(q.dtype)
+        query_index = 1 + torch.arange(num_blocks * block_size, device=device)
+        mask = bias_fn(query_index.clamp(max=n).view(num_blocks, -1), key_index).to(q.dtype)
     if num_blocks * block_size > n:  # from sizes, not the tensor: no device sync
         padding = torch.zeros(key_pad.shape, device=device, dtype=q.dtype)
         padding = padding.masked_fill(key_pad, float("-inf"))[:, None, :]  # [nb, 1, 1+KG]
-        mask = padding.expand(1, heads, -1, -1, -1) if mask is None else mask + padding
-    if mask is not None:
-        mask = rearrange(mask, "b h nb g k -> b (h nb) g k")
-
-    def gather(x: Tensor, index: Tensor) -> Tensor:
-        """[B, H, N, d] -> [B, H*nb, m, d]: the rows of `index` [nb, m] for each block."""
-        picked = x.index_select(2, index.flatten())
-        return rearrange(picked, "b h (nb m) d -> b (h nb) m d", nb=num_blocks)
-
-    out = F.scaled_dot_product_attention(
-        gather(q, query_index), gather(k, key_index), gather(v, key_index), attn_mask=mask
-    )
-    out = rearrange(out, "b (h nb) g d -> b h (nb g) d", h=heads)[:, :, :n]
-    cls_out, cls_attn = _cls_row(q, k, v, bias_fn)
-    return torch.cat([cls_out, out], dim=2), cls_attn
+        mask = padding if mask is None else mask + padding
+    cls_mask = None
+    if bias_fn is not None:
+        keys = torch.arange(n + 1, device=device)
+        cls_mask = bias_fn(keys[:1], keys).to(q.dtype)
+    return _BlockSparse.apply(q, k, v, key_blocks, mask, cls_mask, block_size)

@@ -230,8 +230,10 @@ class VisionTransformer(nn.Module):
         self.register_buffer("order", token_order(cfg.grid, sparsity.token_order), persistent=False)
         self.apply(self._init_weights)
         for name, param in self.named_parameters():
-            if name.endswith(("cls_token", "pos_embed", "relative_position_bias_table")):
+            if name.endswith(("cls_token", "relative_position_bias_table")):
                 trunc_normal_(param, std=0.02)
+        if self.pos_embed is not None:
+            trunc_normal_(self.pos_embed, std=cfg.pos_init_std)
 
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, nn.Linear):
