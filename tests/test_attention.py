@@ -140,3 +140,14 @@ def test_eval_attention_is_deterministic_and_training_is_not():
     attn.train()
     outs = [attn(x, positions)[0] for _ in range(3)]
     assert any(not torch.allclose(o, first) for o in outs)
+
+
+def test_sparse_backward_accepts_an_expanded_gradient():
+    q, k, v = (x.requires_grad_() for x in qkv(length=1 + 23))
+    key_blocks = block_pattern(6, 1, 2, torch.Generator().manual_seed(0))
+    out, cls_attn = sparse_attention(q, k, v, key_blocks, 4)
+    (out.sum() + cls_attn.sum()).backward()  # both output gradients have stride 0
+    ref_out, ref_cls = reference(q, k, v, torch.zeros(()), block_mask(key_blocks, 23, 4))
+    want = torch.autograd.grad(ref_out.sum() + ref_cls.sum(), (q, k, v))
+    for got, ref in zip((q.grad, k.grad, v.grad), want, strict=True):
+        torch.testing.assert_close(got, ref)

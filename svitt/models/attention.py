@@ -143,6 +143,8 @@ class _BlockSparse(torch.autograd.Function):
     ) -> tuple[Tensor | None, ...]:
         scaled, qb, k, v, flat, probs, cls_probs, rows, row0 = ctx.saved_tensors
         batch, heads, num_blocks, block_size = ctx.sizes
+        # A gradient from `.sum()` is expanded (stride 0); CPU bmm is slow on such views.
+        grad, grad_cls_attn = grad.contiguous(), grad_cls_attn.contiguous()
         length, dim = k.shape[2:]
         by_head = functools.partial(_by_head, batch=batch, heads=heads)
         k_cls, v_cls = by_head(k[:, :, :1]), by_head(v[:, :, :1])
