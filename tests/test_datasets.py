@@ -9,13 +9,13 @@ from svitt.data.datasets import (
     BadVideosError,
     eval_loader,
     load_tokenizer,
-    pretrain_loader,
     qa_eval,
     retrieval_eval,
-    retrieval_train_loader,
-    set_epoch,
+    training_data,
 )
 from svitt.data.synthetic import Obj, Script, State, render, train_tokenizer, write_video
+from svitt.engine.distributed import epoch_batches
+from svitt.engine.runner import epoch_loader
 
 CAPTIONS = [
     "a red square moves right",
@@ -77,6 +77,13 @@ def config(root, **data):
     )
 
 
+def train_batches(cfg, tokenizer, task="pretrain", epoch=0):
+    """One epoch of a training stage's batches, built the way `runner.train` builds them."""
+    dataset, collate = training_data(cfg, tokenizer, task)
+    batches = epoch_batches(len(dataset), cfg.optim.batch_size, cfg.seed, epoch, 0, 1)
+    return list(epoch_loader(dataset, collate, batches, cfg, epoch))
+
+
 def test_tokenizer_special_tokens_and_padding(root):
     tok = load_tokenizer(root / "tokenizer")
     assert tok.convert_tokens_to_ids(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]) == [
@@ -94,10 +101,8 @@ def test_tokenizer_special_tokens_and_padding(root):
 
 def test_training_skips_and_reports_bad_videos(root):
     cfg = config(root)
-    loader = pretrain_loader(cfg, load_tokenizer(cfg.data.tokenizer))
-    set_epoch(loader, 0)
-    batches = list(loader)
-    assert len(batches) == 2  # 8 entries, batch 4, drop_last
+    batches = train_batches(cfg, load_tokenizer(cfg.data.tokenizer))
+    assert len(batches) == 2  # 8 entries, batch 4
     skipped = sorted(p for b in batches for p in b["skipped"])
     assert [p.rsplit("/", 1)[1] for p in skipped] == ["corrupt.mp4", "missing.mp4"]
     kept = sum(len(b["video_id"]) for b in batches)
@@ -113,9 +118,7 @@ def test_training_batches_do_not_depend_on_workers(root):
     tok = load_tokenizer(root / "tokenizer")
     results = []
     for workers in (0, 2):
-        loader = pretrain_loader(config(root, num_workers=workers), tok)
-        set_epoch(loader, 3)
-        results.append(list(loader))
+        results.append(train_batches(config(root, num_workers=workers), tok, epoch=3))
     for a, b in zip(*results, strict=True):
         assert torch.equal(a["video"], b["video"]) and torch.equal(a["video_id"], b["video_id"])
         assert a["skipped"] == b["skipped"]
@@ -124,13 +127,13 @@ def test_training_batches_do_not_depend_on_workers(root):
 def test_evaluation_raises_listing_every_bad_video(root):
     cfg = config(root)
     tok = load_tokenizer(cfg.data.tokenizer)
-    loader = pretrain_loader(cfg, tok)
-    strict = eval_loader(loader.dataset, loader.collate_fn, 3, 0, allow_bad=False)
+    dataset, collate = training_data(cfg, tok, "pretrain")
+    strict = eval_loader(dataset, collate, 3, 0, allow_bad=False)
     with pytest.raises(BadVideosError, match=r"(?s)corrupt\.mp4.*missing\.mp4") as err:
         for _ in strict:
             pass
     assert len(err.value.paths) == 2
-    lenient = eval_loader(loader.dataset, loader.collate_fn, 3, 0, allow_bad=True)
+    lenient = eval_loader(dataset, collate, 3, 0, allow_bad=True)
     seen = [i for b in lenient for i in b["video_id"].tolist()]
     assert len(seen) == 6 and len(lenient.skipped) == 2
 
@@ -182,11 +185,8 @@ def test_reversal_negatives_add_each_order_dependent_twin(root):
     annotation.write_text(json.dumps(entries[:3] * 2))
     tok = load_tokenizer(root / "tokenizer")
     cfg = config(root, dataset="ssv2_label", reversal_negatives=True)
-    loader = retrieval_train_loader(cfg, tok)
-    set_epoch(loader, 0)
-    plain = retrieval_train_loader(config(root, dataset="ssv2_label"), tok)
-    set_epoch(plain, 0)
-    for batch, reference in zip(loader, plain, strict=True):
+    plain = train_batches(config(root, dataset="ssv2_label"), tok, "retrieval")
+    for batch, reference in zip(train_batches(cfg, tok, "retrieval"), plain, strict=True):
         size = len(reference["video_id"])
         ids = batch["video_id"].tolist()
         assert torch.equal(batch["video"][:size], reference["video"])
@@ -198,4 +198,4 @@ def test_reversal_negatives_add_each_order_dependent_twin(root):
             assert caption == {0: CAPTIONS[3], 2: CAPTIONS[4]}[ids[i]]
     annotation.write_text(json.dumps(entries))
     with pytest.raises(ConfigError, match=r"data\.reversal_negatives.*train\.json.*v3\.mp4"):
-        retrieval_train_loader(cfg, tok)
+        training_data(cfg, tok, "retrieval")

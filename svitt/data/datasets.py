@@ -23,11 +23,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset
 
 from svitt.config import ConfigError, RunConfig
 from svitt.data.annotations import (
     Split,
+    Task,
     dataset_paths,
     load_answer_list,
     load_qa,
@@ -245,36 +246,6 @@ class EvalLoader:
             raise BadVideosError(self.skipped)
 
 
-def train_loader(
-    dataset: Dataset,
-    collate: Collator,
-    batch_size: int,
-    num_workers: int,
-    seed: int,
-    rank: int = 0,
-    world_size: int = 1,
-) -> DataLoader:
-    """Shuffled, seeded per epoch (call `set_epoch` before each epoch), sharded by rank."""
-    sampler = DistributedSampler(
-        dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=False
-    )
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=sampler,
-        num_workers=num_workers,
-        collate_fn=collate,
-        drop_last=True,
-    )
-
-
-def set_epoch(loader: DataLoader, epoch: int) -> None:
-    """New shuffle and new frame/crop draws for `epoch`. Workers are not persistent, so each
-    epoch's workers receive the dataset with its new epoch."""
-    loader.sampler.set_epoch(epoch)
-    loader.dataset.set_epoch(epoch)
-
-
 def eval_loader(
     dataset: Dataset, collate: Collator, batch_size: int, num_workers: int, allow_bad: bool
 ) -> EvalLoader:
@@ -388,39 +359,18 @@ def qa_dataset(root: str | Path, name: str, split: Split, clips: ClipLoader) -> 
     return QADataset(items, load_answer_list(paths.answer_list), clips)
 
 
-def pretrain_loader(
-    cfg: RunConfig, tokenizer: Any, rank: int = 0, world_size: int = 1
-) -> DataLoader:
+def training_data(cfg: RunConfig, tokenizer: Any, task: Task) -> tuple[Dataset, Collator]:
+    """A training stage's dataset (`cfg.data.train` for pre-training, else the downstream
+    `cfg.data.dataset`) and its collate function; `svitt.engine.runner.train` batches it."""
     clips = clip_loader(cfg, train=True)
-    dataset = text_video_dataset(
-        cfg.data.root, cfg.data.train, "train", clips, cfg.data.reversal_negatives
-    )
-    return train_loader(
-        dataset,
-        collator(cfg, tokenizer, clips),
-        cfg.optim.batch_size,
-        cfg.data.num_workers,
-        cfg.seed,
-        rank,
-        world_size,
-    )
-
-
-def retrieval_train_loader(
-    cfg: RunConfig, tokenizer: Any, rank: int = 0, world_size: int = 1
-) -> DataLoader:
-    clips = clip_loader(cfg, train=True)
-    name = _downstream(cfg, "retrieval")
-    dataset = text_video_dataset(cfg.data.root, [name], "train", clips, cfg.data.reversal_negatives)
-    return train_loader(
-        dataset,
-        collator(cfg, tokenizer, clips),
-        cfg.optim.batch_size,
-        cfg.data.num_workers,
-        cfg.seed,
-        rank,
-        world_size,
-    )
+    if task == "qa":
+        dataset: Dataset = qa_dataset(cfg.data.root, _downstream(cfg, "qa"), "train", clips)
+    else:
+        names = cfg.data.train if task == "pretrain" else (_downstream(cfg, "retrieval"),)
+        dataset = text_video_dataset(
+            cfg.data.root, names, "train", clips, cfg.data.reversal_negatives
+        )
+    return dataset, collator(cfg, tokenizer, clips)
 
 
 @dataclass
@@ -446,22 +396,6 @@ def retrieval_eval(cfg: RunConfig, tokenizer: Any, split: Split = "test") -> Ret
     )
     ids, mask = data.tokenized_texts(tokenizer, cfg.data.text_max_len)
     return RetrievalEval(data, videos, ids, mask)
-
-
-def qa_train_loader(
-    cfg: RunConfig, tokenizer: Any, rank: int = 0, world_size: int = 1
-) -> DataLoader:
-    clips = clip_loader(cfg, train=True)
-    dataset = qa_dataset(cfg.data.root, _downstream(cfg, "qa"), "train", clips)
-    return train_loader(
-        dataset,
-        collator(cfg, tokenizer, clips),
-        cfg.optim.batch_size,
-        cfg.data.num_workers,
-        cfg.seed,
-        rank,
-        world_size,
-    )
 
 
 @dataclass

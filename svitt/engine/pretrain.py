@@ -26,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from svitt.data.datasets import clip_loader, collator, text_video_dataset
+    from svitt.data.datasets import training_data
     from svitt.models.factory import create_model
 
     run = runner.start_run(args, "pretrain", check, training=True)
@@ -36,15 +36,12 @@ def _run(args: argparse.Namespace) -> int:
     model = create_model(cfg.model)
     if run.init_from is not None:
         runner.load_into(model, run.init_from, cfg.model, prefix="vision.")
-    clips = clip_loader(cfg, train=True)
-    dataset = text_video_dataset(
-        cfg.data.root, cfg.data.train, "train", clips, cfg.data.reversal_negatives
-    )
+    dataset, collate = training_data(cfg, run.tokenizer, "pretrain")
     summary = runner.train(
         run,
         model,
         dataset,
-        collator(cfg, run.tokenizer, clips),
+        collate,
         lambda m, batch: m(batch, gather=gather_with_grad),
         args.max_steps_this_run,
         runner.all_heads_trained(model, cfg.model),

@@ -114,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, stage: str) -> int:
-    from svitt.data.datasets import clip_loader, collator, qa_dataset
+    from svitt.data.datasets import training_data
     from svitt.models.factory import create_qa_model
 
     training = stage == "finetune-qa"
@@ -126,13 +126,12 @@ def _run(args: argparse.Namespace, stage: str) -> int:
         model = create_qa_model(cfg.model)
         if run.init_from is not None:
             load_qa_weights(model, run.init_from, cfg.model)
-        clips = clip_loader(cfg, train=True)
-        dataset = qa_dataset(cfg.data.root, cfg.data.dataset, "train", clips)
+        dataset, collate = training_data(cfg, run.tokenizer, "qa")
         summary = runner.train(
             run,
             model,
             dataset,
-            collator(cfg, run.tokenizer, clips),
+            collate,
             lambda m, batch: m(batch),
             args.max_steps_this_run,
         )

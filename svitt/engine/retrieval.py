@@ -167,7 +167,7 @@ def check_train(cfg: RunConfig) -> None:
 
 
 def _run(args: argparse.Namespace, stage: str) -> int:
-    from svitt.data.datasets import clip_loader, collator, text_video_dataset
+    from svitt.data.datasets import training_data
     from svitt.models.factory import create_model
 
     training = stage == "finetune-retrieval"
@@ -179,15 +179,12 @@ def _run(args: argparse.Namespace, stage: str) -> int:
         model = create_model(cfg.model)
         if run.init_from is not None:
             runner.load_into(model, run.init_from, cfg.model, prefix="vision.")
-        clips = clip_loader(cfg, train=True)
-        dataset = text_video_dataset(
-            cfg.data.root, [cfg.data.dataset], "train", clips, cfg.data.reversal_negatives
-        )
+        dataset, collate = training_data(cfg, run.tokenizer, "retrieval")
         summary = runner.train(
             run,
             model,
             dataset,
-            collator(cfg, run.tokenizer, clips),
+            collate,
             lambda m, batch: m(batch, gather=gather_with_grad),
             args.max_steps_this_run,
             runner.all_heads_trained(model, cfg.model),

@@ -460,6 +460,23 @@ def save_last(
     run.resume_state = state
 
 
+def epoch_loader(
+    dataset: Dataset, collate: Callable, batches: list[list[int]], cfg: RunConfig, epoch: int
+) -> DataLoader:
+    """The micro-batches `batches` (from `epoch_batches`) of training epoch `epoch`, with that
+    epoch's frame and crop draws."""
+    dataset.set_epoch(epoch)
+    return DataLoader(
+        dataset,
+        batch_sampler=batches,
+        collate_fn=collate,
+        num_workers=cfg.data.num_workers,
+        # Worker seeds from this generator, not the global RNG: a resumed run that builds its
+        # loader mid-epoch draws the same random numbers as an uninterrupted one.
+        generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch),
+    )
+
+
 def train(
     run: Run,
     model: nn.Module,
@@ -517,16 +534,7 @@ def train(
         )
         batches = batches[: steps_per_epoch * opt.grad_accum]
         done = (step % steps_per_epoch) * opt.grad_accum
-        dataset.set_epoch(epoch)
-        loader = DataLoader(
-            dataset,
-            batch_sampler=batches[done:],
-            collate_fn=collate,
-            num_workers=cfg.data.num_workers,
-            # Worker seeds from this generator, not the global RNG: a resumed run that builds
-            # its loader mid-epoch draws the same random numbers as an uninterrupted one.
-            generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch),
-        )
+        loader = epoch_loader(dataset, collate, batches[done:], cfg, epoch)
         ddp.train()
         step_losses: dict[str, Tensor] = {}
         for micro, batch in enumerate(loader, start=done):
