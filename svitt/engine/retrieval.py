@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from svitt.config import RunConfig
 from svitt.engine import runner
-from svitt.engine.distributed import gather_with_grad
+from svitt.engine.pretrain import train_video_text
 
 KS = (1, 5, 10)
 
@@ -167,7 +167,6 @@ def check_train(cfg: RunConfig) -> None:
 
 
 def _run(args: argparse.Namespace, stage: str) -> int:
-    from svitt.data.datasets import training_data
     from svitt.models.factory import create_model
 
     training = stage == "finetune-retrieval"
@@ -176,26 +175,16 @@ def _run(args: argparse.Namespace, stage: str) -> int:
         return 0
     cfg = run.cfg
     if training:
-        model = create_model(cfg.model)
-        if run.init_from is not None:
-            runner.load_into(model, run.init_from, cfg.model, prefix="vision.")
-        dataset, collate = training_data(cfg, run.tokenizer, "retrieval")
-        summary = runner.train(
-            run,
-            model,
-            dataset,
-            collate,
-            lambda m, batch: m(batch, gather=gather_with_grad),
-            args.max_steps_this_run,
-            runner.all_heads_trained(model, cfg.model),
-        )
-        if summary is None:
+        trained = train_video_text(run, "retrieval", args.max_steps_this_run)
+        if trained is None:
             return 0
-        trained = model.state_dict()
+        model, summary, _ = trained
     model_cfg, overrides = runner.eval_model_config(cfg)
     eval_model = create_model(model_cfg)
     if training:
-        weights = runner.resized(trained, cfg.model.vision.num_frames, model_cfg, "vision.")
+        weights = runner.resized(
+            model.state_dict(), cfg.model.vision.num_frames, model_cfg, "vision."
+        )
         runner.load_strict(eval_model, weights, "the fine-tuned model")
     else:
         runner.load_into(eval_model, run.init_from, model_cfg, prefix="vision.")
