@@ -198,9 +198,12 @@ class ModelConfig:
         default_factory=lambda: {"vtc": 1.0, "vtm": 1.0, "mlm": 1.0}
     )
     qa_decoder_depth: int = 3
+    # The "twin" loss (data.reversal_negatives): a clip and its time reversal, and their two
+    # captions, are pushed below this cosine similarity.
+    twin_margin: float = 0.5
 
     def __post_init__(self) -> None:
-        allowed = {"vtc", "vtm", "mlm"}
+        allowed = {"vtc", "vtm", "mlm", "twin"}
         for key in self.loss_weights:
             _check(key in allowed, f"loss_weights.{key}", f"one of {sorted(allowed)}", key)
         _check(
@@ -208,6 +211,9 @@ class ModelConfig:
             "mlm_probability",
             "a value in (0, 1)",
             self.mlm_probability,
+        )
+        _check(
+            -1.0 <= self.twin_margin < 1.0, "twin_margin", "a value in [-1, 1)", self.twin_margin
         )
         _check(
             0.001 <= self.temperature <= 0.5,

@@ -192,6 +192,8 @@ def test_reversal_negatives_add_each_order_dependent_twin(root):
         assert torch.equal(batch["video"][:size], reference["video"])
         twins = [i for i, v in enumerate(reference["video_id"].tolist()) if v != 1]
         assert ids[size:] == [reference["video_id"][i].item() + 3 for i in twins]
+        pairs = list(zip(twins, range(size, len(ids)), strict=True))
+        assert batch.get("twin_rows", torch.empty(0, 2)).tolist() == [list(p) for p in pairs]
         for twin, i in enumerate(twins, start=size):
             assert torch.equal(batch["video"][twin], reference["video"][i].flip(0))
             caption = tok.decode(batch["text_ids"][twin], skip_special_tokens=True)

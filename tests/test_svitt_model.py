@@ -16,6 +16,7 @@ from svitt.models.svitt import (
     mask_tokens,
     positive_pairs,
     sample_hard_negatives,
+    twin_loss,
     vtc_loss,
 )
 from svitt.models.text import IGNORE_INDEX
@@ -91,6 +92,37 @@ def test_forward_returns_weighted_total():
     losses = model(make_batch())
     assert set(losses) == {"vtc", "mlm", "loss"}  # weight 0: not computed
     torch.testing.assert_close(losses["loss"], 2.0 * losses["vtc"] + 0.5 * losses["mlm"])
+
+
+def test_twin_loss_is_the_hinge_on_twin_cosines():
+    video = F.normalize(torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 1.0]]), dim=-1)
+    text = F.normalize(torch.tensor([[1.0, 0.0], [1.0, 0.1], [-1.0, 0.0]]), dim=-1)
+    rows = torch.tensor([[0, 1], [0, 2]])
+    cosines = [2**-0.5, 0.0, 1 / math.hypot(1.0, 0.1), -1.0]  # video pairs, then text pairs
+    expected = sum(max(c - 0.5, 0.0) for c in cosines) / 4
+    assert twin_loss(video, text, rows, margin=0.5).item() == pytest.approx(expected)
+    assert twin_loss(video, text, rows, margin=1.0 - 1e-6).item() == 0.0
+    assert twin_loss(video, text, torch.empty((0, 2), dtype=torch.long), 0.5).item() == 0.0
+
+
+def test_twin_loss_separates_a_clip_from_its_reversal():
+    torch.manual_seed(0)
+    cfg = small_config(loss_weights={"vtc": 1.0, "twin": 1.0}, twin_margin=0.0)
+    cfg = dataclasses.replace(cfg, vision=dataclasses.replace(cfg.vision, abs_pos_emb=True))
+    model = SViTT(cfg)
+    batch = make_batch()
+    batch["video"] = torch.cat([batch["video"][:2], batch["video"][:2].flip(1)])
+    batch["twin_rows"] = torch.tensor([[0, 2], [1, 3]])
+    before = evaluate(model, batch)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    for _ in range(12):
+        optimizer.zero_grad()
+        model(batch)["loss"].backward()
+        optimizer.step()
+    assert set(before) == {"vtc", "twin", "loss"}
+    assert evaluate(model, batch)["twin"] < before["twin"]
+    with pytest.raises(ConfigError, match="twin_margin"):
+        small_config(twin_margin=1.0)
 
 
 def test_vtc_matches_the_infonce_formula():

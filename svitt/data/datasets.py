@@ -197,7 +197,8 @@ class Collator:
 
     def __call__(self, samples: Sequence[Sample]) -> dict[str, Any]:
         good = [s for s in samples if "skipped" not in s]
-        good += [s["twin"] for s in good if "twin" in s]
+        originals = [row for row, s in enumerate(good) if "twin" in s]
+        good += [good[row]["twin"] for row in originals]
         batch: dict[str, Any] = {
             "skipped": [s["skipped"] for s in samples if "skipped" in s],
             "video": torch.stack([s["video"] for s in good])
@@ -205,6 +206,9 @@ class Collator:
             else torch.empty((0, *self.clip_shape)),
             "video_id": torch.tensor([s["video_id"] for s in good], dtype=torch.long),
         }
+        if originals:
+            twins = torch.arange(len(good) - len(originals), len(good))
+            batch["twin_rows"] = torch.stack([torch.tensor(originals), twins], dim=1)
         kinds = {k for s in samples for k in s if k != "skipped"}
         if "text" in kinds:
             batch["text_ids"], batch["text_mask"] = self._tokens(good, "text", self.text_max_len)

@@ -8,12 +8,13 @@ the architecture:
     match_logits(video_tokens, text_hidden, text_mask) -> [B]   VTM logit of "match"
     fuse(video_tokens, text_hidden, text_mask, positions) -> FusionOutput  (kept tokens)
     has_matching_head                            False: retrieval by cosine similarity only
-    forward(batch, gather) -> {"vtc", "vtm", "mlm", "loss"}
+    forward(batch, gather) -> {"vtc", "vtm", "mlm", "twin", "loss"}
     no_weight_decay() -> set[str]
 
 Losses (supplement A.3): VTC is InfoNCE both ways over the (optionally globally gathered)
 batch; VTM is binary cross-entropy on the multimodal [CLS] with one hard negative per video and
 per text drawn from the similarity softmax; MLM masks `mlm_probability` of the text tokens.
+The twin loss (not in the paper) keeps time-reversed twins apart (`twin_loss`).
 """
 
 from __future__ import annotations
@@ -80,6 +81,25 @@ def vtc_loss(
     video_to_text = -(targets * logits.log_softmax(dim=1)).sum(dim=1).mean()
     text_to_video = -(targets.T * logits.T.log_softmax(dim=1)).sum(dim=1).mean()
     return (video_to_text + text_to_video) / 2
+
+
+def twin_loss(video_embed: Tensor, text_embed: Tensor, twin_rows: Tensor, margin: float) -> Tensor:
+    """Hinge on the cosine of each clip and its time-reversed twin, and of their captions.
+
+    VTC alone cannot separate twins once both towers are order-blind: its gradient on a video
+    is proportional to the difference of the twin captions' embeddings and vice versa, so
+    equal embeddings stay equal. The hinge breaks that tie.
+    """
+    if len(twin_rows) == 0:
+        return video_embed.sum() * 0.0
+    first, second = twin_rows.unbind(dim=1)
+    cosines = torch.cat(
+        [
+            (video_embed[first] * video_embed[second]).sum(dim=-1),
+            (text_embed[first] * text_embed[second]).sum(dim=-1),
+        ]
+    )
+    return F.relu(cosines - margin).mean()
 
 
 def sample_hard_negatives(similarity: Tensor, positives: Tensor) -> tuple[Tensor, Tensor]:
@@ -181,20 +201,21 @@ class SViTT(nn.Module):
     def forward(self, batch: dict[str, Tensor], gather: Gather = identity) -> dict[str, Tensor]:
         """Pre-training losses of one batch; loss weights from `ModelConfig.loss_weights`.
 
-        A loss with weight 0 (or not listed) is not computed. Frozen computes VTC only.
+        A loss with weight 0 (or not listed) is not computed. Frozen computes VTC (and twin)
+        only.
         """
         with torch.no_grad():
             self.temp.clamp_(*TEMPERATURE_RANGE)
         weights = {
             name: weight
             for name, weight in self.cfg.loss_weights.items()
-            if weight and (name == "vtc" or self.has_matching_head)
+            if weight and (name in ("vtc", "twin") or self.has_matching_head)
         }
         if not weights:
             raise ValueError(
                 f"model.loss_weights: {self.cfg.loss_weights} leaves no loss to train for "
-                f"arch {self.cfg.arch!r}; allowed: a positive weight on vtc"
-                + ("" if self.has_matching_head else " (frozen has VTC only)")
+                f"arch {self.cfg.arch!r}; allowed: a positive weight on vtc or twin"
+                + ("" if self.has_matching_head else " (frozen has VTC and twin only)")
             )
         ids, mask = batch["text_ids"], batch["text_mask"]
         video_ids = batch.get("video_id")
@@ -203,6 +224,9 @@ class SViTT(nn.Module):
         losses = {}
         if "vtc" in weights:
             losses["vtc"] = vtc_loss(video.embed, text.embed, self.temp, gather, video_ids)
+        if "twin" in weights:
+            rows = batch.get("twin_rows", torch.empty((0, 2), dtype=torch.long))
+            losses["twin"] = twin_loss(video.embed, text.embed, rows, self.cfg.twin_margin)
         if "vtm" in weights:
             losses["vtm"] = self.vtm_loss(video, text, mask, video_ids)
         if "mlm" in weights:
