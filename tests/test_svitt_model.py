@@ -70,16 +70,20 @@ def evaluate(model: SViTT, batch: dict) -> dict[str, float]:
     return losses
 
 
+def train_steps(model: SViTT, batch: dict, steps: int = 12) -> None:
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        model(batch)["loss"].backward()
+        optimizer.step()
+
+
 def test_each_loss_decreases_on_a_fixed_batch():
     torch.manual_seed(0)
     model = SViTT(small_config())
     batch = make_batch()
     before = evaluate(model, batch)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
-    for _ in range(12):
-        optimizer.zero_grad()
-        model(batch)["loss"].backward()
-        optimizer.step()
+    train_steps(model, batch)
     after = evaluate(model, batch)
     for name in ("vtc", "vtm", "mlm", "loss"):
         assert after[name] < before[name], (name, before[name], after[name])
@@ -114,11 +118,7 @@ def test_twin_loss_separates_a_clip_from_its_reversal():
     batch["video"] = torch.cat([batch["video"][:2], batch["video"][:2].flip(1)])
     batch["twin_rows"] = torch.tensor([[0, 2], [1, 3]])
     before = evaluate(model, batch)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
-    for _ in range(12):
-        optimizer.zero_grad()
-        model(batch)["loss"].backward()
-        optimizer.step()
+    train_steps(model, batch)
     assert set(before) == {"vtc", "twin", "loss"}
     assert evaluate(model, batch)["twin"] < before["twin"]
     with pytest.raises(ConfigError, match="twin_margin"):
