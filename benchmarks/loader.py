@@ -22,9 +22,11 @@ import torch
 from torch.utils.data import DataLoader
 
 from benchmarks.common import machine_info, median, time_interleaved, write_table
-from svitt.data.datasets import Collator, TextVideoDataset, load_tokenizer
+from svitt.data.datasets import Collator, TextVideoDataset
 from svitt.data.synthetic import FRAME_SIZE, render, sample_script, train_tokenizer, write_video
-from svitt.data.video import ClipLoader, ClipSpec, Decoder, decode_decord
+from svitt.data.tokenizer import TextTokenizer
+from svitt.data.video import ClipLoader, ClipSpec
+from svitt.data.video_files import Decoder, decode_decord
 
 
 def decode_all_pyav(path: Path, pick: Callable[[int], list[int]]) -> np.ndarray:
@@ -86,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         folder = Path(tmp)
         pairs = make_videos(folder, args.clips, args.video_frames, args.seed)
         train_tokenizer([text for _, text in pairs], folder / "tokenizer")
-        tokenizer = load_tokenizer(folder / "tokenizer")
+        tokenizer = TextTokenizer.from_dir(folder / "tokenizer")
         for t in args.frames:
             variants = {
                 name: one_pass(loader(pairs, decode, t, tokenizer, args.workers, args.batch_size))

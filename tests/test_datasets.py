@@ -8,12 +8,12 @@ from svitt.config import ConfigError, load_config
 from svitt.data.datasets import (
     BadVideosError,
     eval_loader,
-    load_tokenizer,
     qa_eval,
     retrieval_eval,
     training_data,
 )
 from svitt.data.synthetic import Obj, Script, State, render, train_tokenizer, write_video
+from svitt.data.tokenizer import TextTokenizer
 from svitt.engine.distributed import epoch_batches
 from svitt.engine.runner import epoch_loader
 
@@ -85,23 +85,44 @@ def train_batches(cfg, tokenizer, task="pretrain", epoch=0):
 
 
 def test_tokenizer_special_tokens_and_padding(root):
-    tok = load_tokenizer(root / "tokenizer")
-    assert tok.convert_tokens_to_ids(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]) == [
-        0,
-        1,
-        2,
-        3,
-        4,
-    ]
-    ids = tok("a red square")["input_ids"]
-    assert ids[0] == tok.cls_token_id and ids[-1] == tok.sep_token_id
+    tok = TextTokenizer.from_dir(root / "tokenizer")
+    ids = [tok.pad_token_id, tok.unk_token_id, tok.cls_token_id, tok.sep_token_id]
+    assert [*ids, tok.mask_token_id] == [0, 1, 2, 3, 4]
+    ids, mask = tok.encode(["a red square", "red " * 20], max_len=6)
+    assert ids[0].tolist() == [2, *ids[0, 1:4].tolist(), 3, 0] and mask[0].tolist() == [1] * 5 + [0]
+    assert ids[1, 0] == 2 and ids[1, -1] == 3 and bool(mask[1].all())  # truncated, [SEP] kept
+    assert tok.decode(ids[0]) == "a red square"
+    assert tok.encode([], max_len=6)[0].shape == (0, 6)
     with pytest.raises(FileNotFoundError, match="nowhere"):
-        load_tokenizer(root / "nowhere")
+        TextTokenizer.from_dir(root / "nowhere")
+
+
+def test_tokenizer_matches_transformers(root):
+    from transformers import AutoTokenizer
+
+    texts = ["A red square moves right", "what color is the CIRCLE?", "red blue " * 10, "zzqx"]
+    ours = TextTokenizer.from_dir(root / "tokenizer")
+    theirs = AutoTokenizer.from_pretrained(str(root / "tokenizer"), local_files_only=True)
+    expected = theirs(texts, padding="max_length", truncation=True, max_length=9)
+    ids, mask = ours.encode(texts, max_len=9)
+    assert ids.tolist() == expected["input_ids"] and mask.tolist() == expected["attention_mask"]
+    assert len(ours) == len(theirs)
+
+
+def test_tokenizer_reads_renamed_special_tokens(root, tmp_path):
+    (tmp_path / "tokenizer.json").write_bytes((root / "tokenizer" / "tokenizer.json").read_bytes())
+    config = {"mask_token": {"content": "[UNK]", "lstrip": False}, "pad_token": "[SEP]"}
+    (tmp_path / "special_tokens_map.json").write_text(json.dumps(config))
+    tok = TextTokenizer.from_dir(tmp_path)
+    assert (tok.mask_token_id, tok.pad_token_id, tok.cls_token_id) == (1, 3, 2)
+    (tmp_path / "tokenizer.json").unlink()
+    with pytest.raises(FileNotFoundError, match=r"tokenizer\.json.*save_pretrained"):
+        TextTokenizer.from_dir(tmp_path)
 
 
 def test_training_skips_and_reports_bad_videos(root):
     cfg = config(root)
-    batches = train_batches(cfg, load_tokenizer(cfg.data.tokenizer))
+    batches = train_batches(cfg, TextTokenizer.from_dir(cfg.data.tokenizer))
     assert len(batches) == 2  # 8 entries, batch 4
     skipped = sorted(p for b in batches for p in b["skipped"])
     assert [p.rsplit("/", 1)[1] for p in skipped] == ["corrupt.mp4", "missing.mp4"]
@@ -115,7 +136,7 @@ def test_training_skips_and_reports_bad_videos(root):
 
 
 def test_training_batches_do_not_depend_on_workers(root):
-    tok = load_tokenizer(root / "tokenizer")
+    tok = TextTokenizer.from_dir(root / "tokenizer")
     results = []
     for workers in (0, 2):
         results.append(train_batches(config(root, num_workers=workers), tok, epoch=3))
@@ -126,7 +147,7 @@ def test_training_batches_do_not_depend_on_workers(root):
 
 def test_evaluation_raises_listing_every_bad_video(root):
     cfg = config(root)
-    tok = load_tokenizer(cfg.data.tokenizer)
+    tok = TextTokenizer.from_dir(cfg.data.tokenizer)
     dataset, collate = training_data(cfg, tok, "pretrain")
     strict = eval_loader(dataset, collate, 3, 0, allow_bad=False)
     with pytest.raises(BadVideosError, match=r"(?s)corrupt\.mp4.*missing\.mp4") as err:
@@ -140,7 +161,7 @@ def test_evaluation_raises_listing_every_bad_video(root):
 
 def test_retrieval_eval_ground_truth_and_video_set(root):
     cfg = config(root, dataset="msrvtt")
-    ev = retrieval_eval(cfg, load_tokenizer(cfg.data.tokenizer))
+    ev = retrieval_eval(cfg, TextTokenizer.from_dir(cfg.data.tokenizer))
     assert ev.data.texts[0] == "moving the red square"
     assert ev.data.ground_truth[0] == frozenset({0, 1})
     assert [v.name for v in ev.data.videos] == [f"v{i}.mp4" for i in range(6)]
@@ -153,7 +174,7 @@ def test_retrieval_eval_ground_truth_and_video_set(root):
 
 def test_qa_eval_batch_and_answer_index(root):
     cfg = config(root, dataset="agqa", answer_max_len=4)
-    ev = qa_eval(cfg, load_tokenizer(cfg.data.tokenizer))
+    ev = qa_eval(cfg, TextTokenizer.from_dir(cfg.data.tokenizer))
     assert ev.answers == ["blue", "red"] and ev.answer_ids.shape == (2, 4)
     batch = next(iter(ev.questions))
     assert batch["question_ids"].shape == (3, 12) and batch["answer_ids"].shape == (3, 4)
@@ -163,7 +184,7 @@ def test_qa_eval_batch_and_answer_index(root):
 
 def test_clip_content_matches_video(root):
     cfg = config(root, dataset="msrvtt")
-    ev = retrieval_eval(cfg, load_tokenizer(cfg.data.tokenizer))
+    ev = retrieval_eval(cfg, TextTokenizer.from_dir(cfg.data.tokenizer))
     clip = next(iter(ev.videos))["video"][0]  # v0: the square moves right
     mean = torch.tensor(cfg.data.mean).view(3, 1, 1)
     std = torch.tensor(cfg.data.std).view(3, 1, 1)
@@ -183,7 +204,7 @@ def test_reversal_negatives_add_each_order_dependent_twin(root):
     ]
     annotation = root / "ssv2_label" / "annotations" / "train.json"
     annotation.write_text(json.dumps(entries[:3] * 2))
-    tok = load_tokenizer(root / "tokenizer")
+    tok = TextTokenizer.from_dir(root / "tokenizer")
     cfg = config(root, dataset="ssv2_label", reversal_negatives=True)
     plain = train_batches(config(root, dataset="ssv2_label"), tok, "retrieval")
     for batch, reference in zip(train_batches(cfg, tok, "retrieval"), plain, strict=True):
@@ -196,7 +217,7 @@ def test_reversal_negatives_add_each_order_dependent_twin(root):
         assert batch.get("twin_rows", torch.empty(0, 2)).tolist() == [list(p) for p in pairs]
         for twin, i in enumerate(twins, start=size):
             assert torch.equal(batch["video"][twin], reference["video"][i].flip(0))
-            caption = tok.decode(batch["text_ids"][twin], skip_special_tokens=True)
+            caption = tok.decode(batch["text_ids"][twin])
             assert caption == {0: CAPTIONS[3], 2: CAPTIONS[4]}[ids[i]]
     annotation.write_text(json.dumps(entries))
     with pytest.raises(ConfigError, match=r"data\.reversal_negatives.*train\.json.*v3\.mp4"):

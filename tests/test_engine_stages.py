@@ -4,6 +4,7 @@ exact resume, finished-run detection, MLflow records and bad-input errors."""
 import json
 import shutil
 import sqlite3
+from pathlib import Path
 
 import pytest
 import torch
@@ -153,6 +154,33 @@ def test_zero_shot_retrieval_with_eval_overrides(bench, pretrained):
     assert metrics["overrides"] == {"frame_order": "reverse", "num_frames": 8}
     assert metrics["num_frames"] == 8  # the checkpoint's 4-frame weights were inflated
     assert not (out / "checkpoint.pt").exists()  # evaluation writes metrics only
+
+
+def test_one_evaluation_process_writes_one_run_per_config(bench, pretrained, capsys):
+    """Several --config/--out pairs: each run is what it would be alone, with its own log and
+    MLflow run."""
+    base, ckpt = bench["base"] / "multi", str(pretrained / "checkpoint.pt")
+    config = yaml.safe_load(Path(bench["config"]).read_text())
+    pairs = []
+    for dataset in ("msrvtt", "didemo"):
+        path = base / f"{dataset}.yaml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump({**config, "data": {**config["data"], "dataset": dataset}}))
+        pairs += ["--config", str(path), "--out", str(base / dataset)]
+    assert main(["eval-retrieval", *pairs, "--init-from", ckpt]) == 0
+    alone = base / "didemo-alone"
+    assert main(["eval-retrieval", *pairs[4:7], str(alone), "--init-from", ckpt]) == 0
+    together = metrics_of(base / "didemo")
+    assert metrics_of(base / "msrvtt")["dataset"] == "msrvtt" and together["dataset"] == "didemo"
+    assert together["mean_recall"] == metrics_of(alone)["mean_recall"]
+    first_log = (base / "msrvtt" / "log.txt").read_text()
+    assert "msrvtt" in first_log and "didemo" not in first_log
+    db = sqlite3.connect(bench["db"])
+    for dataset in ("msrvtt", "didemo"):
+        query = "select count(*) from tags where key = 'out' and value = ?"
+        assert db.execute(query, (str(base / dataset),)).fetchone()[0] == 1
+    assert main(["eval-retrieval", *pairs[:4], "--config", pairs[1], "--init-from", ckpt]) == 2
+    assert "2 --config but 1 --out" in capsys.readouterr().err
 
 
 def test_multi_positive_retrieval_counts_label_queries(bench, pretrained):

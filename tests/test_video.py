@@ -6,13 +6,11 @@ from svitt.data.synthetic import write_video
 from svitt.data.video import (
     ClipLoader,
     ClipSpec,
-    VideoError,
     frame_order_permutation,
-    probe_video,
     sample_indices,
     sample_rng,
-    video_metadata,
 )
+from svitt.data.video_files import VideoError, probe_video, video_metadata
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 

@@ -71,7 +71,8 @@ def test_new_sparsity_row_adds_its_jobs(workflow_copy: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     outputs = set(re.findall(r"runs/([^\s,]*edge[^\s,]*)/metrics\.json", result.stdout))
     # Pre-training (SViTT at T = 4 -> 8 for A3/A5/A8, Frozen at T = 4 for A6), zero-shot A3 and
-    # A6, fine-tuning A5 and A8, and the A8 shuffled-frame probes.
+    # A6 (each zero-shot job evaluates every zero-shot dataset), fine-tuning A5 and A8, and the
+    # A8 shuffled-frame probes.
     assert outputs == {
         "pretrain/svitt-edge/T4",
         "pretrain/svitt-edge/T8",
@@ -79,6 +80,7 @@ def test_new_sparsity_row_adds_its_jobs(workflow_copy: Path) -> None:
         "zero-shot/svitt-edge/T8/msrvtt/normal",
         "zero-shot/svitt-edge/T8/didemo/normal",
         "zero-shot/frozen-edge/T4/didemo/normal",
+        "zero-shot/frozen-edge/T4/msrvtt/normal",
         "finetune-retrieval/svitt-edge/T8/charades",
         "finetune-retrieval/svitt-edge/T8/ssv2_label",
         "finetune-qa/svitt-edge/T8/anet_qa",
@@ -122,6 +124,7 @@ def test_paper_without_data_stops_before_training(workflow_copy: Path, tmp_path:
                 path = weights / Path(fragment["model"]["weights"][key]).name
                 path.touch()
                 fragment["model"]["weights"][key] = str(path)
+    (weights / "tokenizer.json").touch()
     config["data"]["tokenizer"] = str(weights)
     missing = tmp_path / "no-such-data"
     config["data"]["root"] = str(missing)

@@ -1,4 +1,4 @@
-"""torch Datasets, the collate function, loaders and tokenisation.
+"""torch Datasets, the collate function and loaders.
 
 Batches (dicts) the engine codes against:
     "video" [B, T, 3, H, W] float32, "video_id" [B] long (position in the unique-video list),
@@ -36,7 +36,9 @@ from svitt.data.annotations import (
     load_text_video,
     unique_videos,
 )
-from svitt.data.video import ClipLoader, ClipSpec, VideoError
+from svitt.data.tokenizer import TextTokenizer
+from svitt.data.video import ClipLoader, ClipSpec
+from svitt.data.video_files import VideoError
 
 # Worker processes fork after the parent has used the fast tokenizer; its own thread pool
 # would otherwise deadlock-warn in every worker.
@@ -56,27 +58,6 @@ class BadVideosError(RuntimeError):
             "data.allow_bad_videos_at_eval: true to drop them and list them in the metrics."
         )
         self.paths = list(paths)
-
-
-def load_tokenizer(path: str | Path) -> Any:
-    """A Hugging Face tokenizer from a local directory (never downloaded)."""
-    from transformers import AutoTokenizer
-
-    path = Path(path)
-    if not path.is_dir():
-        raise FileNotFoundError(f"tokenizer directory not found: {path} (data.tokenizer)")
-    return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-
-
-def tokenize(tokenizer: Any, texts: Sequence[str], max_len: int) -> tuple[torch.Tensor, ...]:
-    """(ids, mask), both [N, max_len] long, padded and truncated to `max_len`."""
-    if not texts:
-        empty = torch.zeros((0, max_len), dtype=torch.long)
-        return empty, empty.clone()
-    out = tokenizer(
-        list(texts), padding="max_length", truncation=True, max_length=max_len, return_tensors="pt"
-    )
-    return out["input_ids"].long(), out["attention_mask"].long()
 
 
 class _VideoSamples(Dataset):
@@ -188,7 +169,11 @@ class Collator:
     """Drops skip markers, stacks clips and tokenises texts of a batch."""
 
     def __init__(
-        self, tokenizer: Any, clip_shape: tuple[int, ...], text_max_len: int, answer_max_len: int
+        self,
+        tokenizer: TextTokenizer,
+        clip_shape: tuple[int, ...],
+        text_max_len: int,
+        answer_max_len: int,
     ) -> None:
         self.tokenizer = tokenizer
         self.clip_shape = clip_shape
@@ -226,7 +211,7 @@ class Collator:
     def _tokens(
         self, samples: Sequence[Sample], key: str, max_len: int
     ) -> tuple[torch.Tensor, ...]:
-        return tokenize(self.tokenizer, [s[key] for s in samples], max_len)
+        return self.tokenizer.encode([s[key] for s in samples], max_len)
 
 
 class EvalLoader:
@@ -287,7 +272,7 @@ def clip_loader(cfg: RunConfig, train: bool) -> ClipLoader:
     )
 
 
-def collator(cfg: RunConfig, tokenizer: Any, clips: ClipLoader) -> Collator:
+def collator(cfg: RunConfig, tokenizer: TextTokenizer, clips: ClipLoader) -> Collator:
     return Collator(tokenizer, clips.clip_shape, cfg.data.text_max_len, cfg.data.answer_max_len)
 
 
@@ -338,8 +323,8 @@ class RetrievalEvalSet:
     def video_dataset(self, clips: ClipLoader) -> VideoDataset:
         return VideoDataset(self.videos, clips)
 
-    def tokenized_texts(self, tokenizer: Any, max_len: int) -> tuple[torch.Tensor, ...]:
-        return tokenize(tokenizer, self.texts, max_len)
+    def tokenized_texts(self, tokenizer: TextTokenizer, max_len: int) -> tuple[torch.Tensor, ...]:
+        return tokenizer.encode(self.texts, max_len)
 
 
 def retrieval_eval_set(root: str | Path, name: str, split: Split = "test") -> RetrievalEvalSet:
@@ -363,7 +348,7 @@ def qa_dataset(root: str | Path, name: str, split: Split, clips: ClipLoader) -> 
     return QADataset(items, load_answer_list(paths.answer_list), clips)
 
 
-def training_data(cfg: RunConfig, tokenizer: Any, task: Task) -> tuple[Dataset, Collator]:
+def training_data(cfg: RunConfig, tokenizer: TextTokenizer, task: Task) -> tuple[Dataset, Collator]:
     """A training stage's dataset (`cfg.data.train` for pre-training, else the downstream
     `cfg.data.dataset`) and its collate function; `svitt.engine.runner.train` batches it."""
     clips = clip_loader(cfg, train=True)
@@ -388,7 +373,9 @@ class RetrievalEval:
     text_mask: torch.Tensor
 
 
-def retrieval_eval(cfg: RunConfig, tokenizer: Any, split: Split = "test") -> RetrievalEval:
+def retrieval_eval(
+    cfg: RunConfig, tokenizer: TextTokenizer, split: Split = "test"
+) -> RetrievalEval:
     clips = clip_loader(cfg, train=False)
     data = retrieval_eval_set(cfg.data.root, _downstream(cfg, "retrieval"), split)
     videos = eval_loader(
@@ -412,7 +399,7 @@ class QAEval:
     answer_mask: torch.Tensor
 
 
-def qa_eval(cfg: RunConfig, tokenizer: Any, split: Split = "test") -> QAEval:
+def qa_eval(cfg: RunConfig, tokenizer: TextTokenizer, split: Split = "test") -> QAEval:
     clips = clip_loader(cfg, train=False)
     dataset = qa_dataset(cfg.data.root, _downstream(cfg, "qa"), split, clips)
     questions = eval_loader(
@@ -422,5 +409,5 @@ def qa_eval(cfg: RunConfig, tokenizer: Any, split: Split = "test") -> QAEval:
         cfg.data.num_workers,
         cfg.data.allow_bad_videos_at_eval,
     )
-    ids, mask = tokenize(tokenizer, dataset.answers, cfg.data.answer_max_len)
+    ids, mask = tokenizer.encode(dataset.answers, cfg.data.answer_max_len)
     return QAEval(questions, dataset.answers, ids, mask)

@@ -10,7 +10,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from svitt.data.annotations import annotation_counts, dataset_paths, unique_videos
-from svitt.data.video import VideoError, VideoInfo, video_metadata
+from svitt.data.video_files import VideoError, VideoInfo, video_metadata
 
 COLUMNS = ["dataset", "avg_duration_s", "num_videos", "num_texts", "num_bad_videos"]
 

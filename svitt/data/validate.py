@@ -19,7 +19,7 @@ from typing import Any
 from tqdm import tqdm
 
 from svitt.data.annotations import annotation_counts, dataset_paths, unique_videos
-from svitt.data.video import VideoError, VideoInfo, probe_video
+from svitt.data.video_files import VideoError, VideoInfo, probe_video
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,6 @@ captions that name a direction ("moves left").
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -21,20 +20,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from svitt.data.video_files import Decoder, decode_decord
+
 FrameOrder = Literal["normal", "reverse", "shuffle"]
 FRAME_ORDERS: tuple[str, ...] = ("normal", "reverse", "shuffle")
-
-# decode(path, pick) -> uint8 frames [T, H, W, 3]; `pick` maps the frame count to indices.
-Decoder = Callable[[Path, Callable[[int], list[int]]], np.ndarray]
-
-
-class VideoError(RuntimeError):
-    """A video is missing or cannot be decoded."""
-
-    def __init__(self, path: str | Path, reason: str) -> None:
-        super().__init__(f"{path}: {reason}")
-        self.path = str(path)
-        self.reason = reason
 
 
 def sample_indices(
@@ -82,84 +71,6 @@ def frame_order_permutation(
 
 def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, epoch, index])
-
-
-def decode_decord(path: Path, pick: Callable[[int], list[int]]) -> np.ndarray:
-    """Seek-and-decode only the picked frames."""
-    import decord  # imported lazily: decord pulls in its native library at import
-
-    if not path.is_file():
-        raise VideoError(path, "file not found")
-    try:
-        reader = decord.VideoReader(str(path), num_threads=1)
-        count = len(reader)
-        if count < 1:
-            raise VideoError(path, "no frames")
-        frames = reader.get_batch(pick(count)).asnumpy()
-    except VideoError:
-        raise
-    except Exception as err:  # decord raises bare RuntimeError/DECORDError
-        raise VideoError(path, f"cannot decode ({str(err).splitlines()[0][:200]})") from None
-    return frames
-
-
-@dataclass(frozen=True)
-class VideoInfo:
-    num_frames: int
-    fps: float
-    width: int
-    height: int
-
-    @property
-    def duration_s(self) -> float:
-        return self.num_frames / self.fps if self.fps > 0 else float("nan")
-
-
-def probe_video(path: str | Path, decode_last: bool = False) -> VideoInfo:
-    """Frame count, rate and size; decodes the first (and optionally the last) frame, so a
-    file that opens but does not decode is caught too."""
-    import decord
-
-    path = Path(path)
-    if not path.is_file():
-        raise VideoError(path, "file not found")
-    try:
-        reader = decord.VideoReader(str(path), num_threads=1)
-        count = len(reader)
-        if count < 1:
-            raise VideoError(path, "no frames")
-        height, width = reader[0].shape[:2]
-        if decode_last:
-            reader[count - 1].asnumpy()
-        return VideoInfo(count, float(reader.get_avg_fps()), int(width), int(height))
-    except VideoError:
-        raise
-    except Exception as err:
-        raise VideoError(path, f"cannot decode ({str(err).splitlines()[0][:200]})") from None
-
-
-def video_metadata(path: str | Path) -> VideoInfo:
-    """Frame count, rate and size from the container header only (no decoding): fast enough
-    for statistics over whole datasets. Validation uses `probe_video` instead."""
-    import av
-
-    path = Path(path)
-    if not path.is_file():
-        raise VideoError(path, "file not found")
-    try:
-        with av.open(str(path)) as container:
-            stream = container.streams.video[0]
-            fps = float(stream.average_rate or stream.guessed_rate or 0)
-            frames = stream.frames
-            if not frames:  # e.g. WebM stores no frame count: derive it from the duration
-                if stream.duration is not None:
-                    seconds = float(stream.duration * stream.time_base)
-                else:
-                    seconds = (container.duration or 0) / av.time_base
-                frames = round(seconds * fps)
-            return VideoInfo(int(frames), fps, stream.width, stream.height)
-    except (av.FFmpegError, IndexError) as err:
-        raise VideoError(path, f"cannot read metadata ({err})") from None
 
 
 def random_resized_crop_box(

@@ -110,7 +110,7 @@ def check_train(cfg: RunConfig) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    return runner.guarded(args.command, lambda: _run(args, args.command))
+    return runner.run_stage(args, _run)
 
 
 def _run(args: argparse.Namespace, stage: str) -> int:

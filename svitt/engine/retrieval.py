@@ -152,7 +152,7 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    return runner.guarded(args.command, lambda: _run(args, args.command))
+    return runner.run_stage(args, _run)
 
 
 def check_test(cfg: RunConfig) -> None:

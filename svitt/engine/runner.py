@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import yaml
@@ -49,6 +49,9 @@ from svitt.engine.distributed import DistEnv, epoch_batches
 from svitt.engine.optim import build_optimizer, build_scheduler
 from svitt.engine.tracking import Tracker, TrackingError, git_commit
 
+if TYPE_CHECKING:
+    from svitt.data.tokenizer import TextTokenizer
+
 log = logging.getLogger("svitt.engine")
 
 LOG_FILE = "log.txt"
@@ -64,13 +67,24 @@ class StageError(RuntimeError):
 
 
 def add_common_arguments(parser: argparse.ArgumentParser, training: bool) -> None:
-    parser.add_argument("--config", required=True, type=Path, help="run config (YAML or JSON)")
+    # Evaluations take several --config/--out pairs: one process (libraries and the model
+    # load once) writes one run directory and one MLflow run per pair.
+    repeat = {} if training else {"action": "append"}
+    parser.add_argument(
+        "--config",
+        required=True,
+        type=Path,
+        help="run config (YAML or JSON)" + ("" if training else "; repeatable, with --out"),
+        **repeat,
+    )
     parser.add_argument(
         "--out",
         required=True,
         type=Path,
         help="run directory: metrics.json, log.txt, and for training stages checkpoint.pt "
-        "(final) and last.pt (resumable)",
+        "(final) and last.pt (resumable)"
+        + ("" if training else "; one per --config, evaluated in the given order"),
+        **repeat,
     )
     parser.add_argument(
         "--set",
@@ -114,7 +128,7 @@ def resolve_config(args: argparse.Namespace) -> RunConfig:
     return load_config(args.config, *(parse_override_text(text) for text in args.overrides))
 
 
-def with_tokenizer(cfg: RunConfig, tokenizer: Any) -> RunConfig:
+def with_tokenizer(cfg: RunConfig, tokenizer: TextTokenizer) -> RunConfig:
     """Vocabulary size and special token ids come from the run's tokenizer, not the config."""
     ids = {
         "pad_token_id": tokenizer.pad_token_id,
@@ -241,7 +255,7 @@ class Run:
     cfg: RunConfig
     out: Path
     env: DistEnv
-    tokenizer: Any
+    tokenizer: TextTokenizer
     identity: dict[str, Any]
     tracker: Tracker
     init_from: Path | None
@@ -254,13 +268,13 @@ def start_run(
 ) -> Run | None:
     """Everything before the work: config and input checks, tokenizer ids, finished/resume
     detection, process group, log file, MLflow. None if --out already holds this run."""
-    from svitt.data.datasets import load_tokenizer
+    from svitt.data.tokenizer import TextTokenizer
 
     cfg = resolve_config(args)
     check(cfg)
     if args.init_from is not None and not args.init_from.is_file():
         raise FileNotFoundError(f"--init-from: checkpoint not found: {args.init_from}")
-    tokenizer = load_tokenizer(cfg.data.tokenizer)
+    tokenizer = TextTokenizer.from_dir(cfg.data.tokenizer)
     cfg = with_tokenizer(cfg, tokenizer)
     out: Path = args.out
     source = str(args.init_from) if args.init_from is not None else None
@@ -310,6 +324,7 @@ def _resume_state(last: Path, identity: Mapping[str, Any], force: bool) -> dict[
 
 
 def _setup_logging(out: Path, env: DistEnv) -> None:
+    _close_log_file()  # the previous run's, when one process evaluates several
     root = logging.getLogger()
     if not env.is_main:
         root.setLevel(logging.WARNING)
@@ -352,7 +367,26 @@ USER_ERRORS = (
     BadVideosError,
 )
 _ACTIVE: list[Run] = []  # this process's run, so that a crash marks its MLflow run failed
-_LOG_HANDLERS: list[logging.Handler] = []  # the run's log file, closed when the stage ends
+_LOG_HANDLERS: list[logging.Handler] = []  # the current run's log file
+
+
+def run_stage(args: argparse.Namespace, body: Callable[[argparse.Namespace, str], int]) -> int:
+    """`body(args, stage)` on each --config/--out pair in turn (one for training stages),
+    guarded; the first failure stops the rest."""
+    configs, outs = args.config, args.out
+    if not isinstance(configs, list):
+        return guarded(args.command, lambda: body(args, args.command))
+    if len(configs) != len(outs):
+        message = f"{len(configs)} --config but {len(outs)} --out: give one --out per --config"
+        print(f"svitt {args.command}: error: {message}", file=sys.stderr)
+        return 2
+
+    def each() -> int:
+        for config, out in zip(configs, outs, strict=True):
+            body(argparse.Namespace(**{**vars(args), "config": config, "out": out}), args.command)
+        return 0
+
+    return guarded(args.command, each)
 
 
 def guarded(stage: str, body: Callable[[], int]) -> int:
@@ -369,10 +403,14 @@ def guarded(stage: str, body: Callable[[], int]) -> int:
         raise
     finally:
         dist_utils.shutdown()
-        while _LOG_HANDLERS:
-            handler = _LOG_HANDLERS.pop()
-            logging.getLogger().removeHandler(handler)
-            handler.close()
+        _close_log_file()
+
+
+def _close_log_file() -> None:
+    while _LOG_HANDLERS:
+        handler = _LOG_HANDLERS.pop()
+        logging.getLogger().removeHandler(handler)
+        handler.close()
 
 
 def _abort_active() -> None:

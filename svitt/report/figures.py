@@ -97,13 +97,14 @@ def kept_tokens(
     # The model stack (torch, engine) loads only here: Figure A1 reads JSON files alone.
     import torch
 
-    from svitt.data.datasets import clip_loader, load_tokenizer, retrieval_eval_set, tokenize
+    from svitt.data.datasets import clip_loader, retrieval_eval_set
+    from svitt.data.tokenizer import TextTokenizer
     from svitt.engine.runner import eval_model_config, load_into, with_tokenizer
     from svitt.models.factory import create_model
 
     torch.set_grad_enabled(False)
     cfg = load_config(config)
-    tokenizer = load_tokenizer(cfg.data.tokenizer)
+    tokenizer = TextTokenizer.from_dir(cfg.data.tokenizer)
     cfg = with_tokenizer(cfg, tokenizer)
     model_cfg, _ = eval_model_config(cfg)
     model = create_model(model_cfg).eval()
@@ -121,7 +122,7 @@ def kept_tokens(
         video_index = min(data.ground_truth[index])
         clip = loader(data.videos[video_index], video_index)
         video = model.encode_video(clip[None])
-        ids, mask = tokenize(tokenizer, [caption], cfg.data.text_max_len)
+        ids, mask = tokenizer.encode([caption], cfg.data.text_max_len)
         text = model.encode_text(ids, mask)
         cross = None
         if model.has_matching_head:

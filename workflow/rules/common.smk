@@ -1,4 +1,5 @@
 # Config validation, run resolution and input functions shared by every rule file.
+import shlex
 from pathlib import Path
 
 import yaml
@@ -42,11 +43,11 @@ def all_datasets():
 
 
 def pretrained_paths():
-    """The tokenizer and every weight file named by the profile."""
+    """The tokenizer file and every weight file named by the profile."""
     fragments = [config["run"], *config["archs"].values()]
     weights = [f.get("model", {}).get("weights", {}) for f in fragments]
     paths = [w[key] for w in weights for key in ("vision", "text") if w.get(key)]
-    return list(dict.fromkeys([DATA["tokenizer"], *paths]))
+    return list(dict.fromkeys([f"{DATA['tokenizer']}/tokenizer.json", *paths]))
 
 
 def run_of(wildcards, task, **fixed):
@@ -141,4 +142,31 @@ def run_config(task, **fixed):
 
 # Writes {params.config} to {output.config}, then runs the stage on it.
 WRITE_CONFIG = "printf '%s' {params.config:q} > {output.config} && "
+
+
+def zero_shot_datasets():
+    """Every dataset that a zero-shot run of the tables or figures evaluates."""
+    runs = [run for table in ALL_TABLES for run in table_runs(PROFILE, table)]
+    runs += figure_a1_runs(PROFILE, FIGURE_A1_SPEC)
+    return sorted({run.dataset for run in runs if run.task == "zero-shot"})
+
+
+ZERO_SHOT_DATASETS = zero_shot_datasets()
+
+
+def zero_shot_outputs(name):
+    return expand(
+        f"{RUNS}/zero-shot/{{{{variant}}}}/T{{{{frames}}}}/{{dataset}}/{{{{probe}}}}/{name}",
+        dataset=ZERO_SHOT_DATASETS,
+    )
+
+
+def write_zero_shot_configs(wildcards, output):
+    """Params function: the shell commands that write each dataset's run config (as
+    `run_config`, one per output; a changed config reruns the job)."""
+    commands = []
+    for dataset, path in zip(ZERO_SHOT_DATASETS, output.config, strict=True):
+        text = run_config("zero-shot", dataset=dataset)(wildcards)
+        commands.append(f"printf '%s' {shlex.quote(text)} > {shlex.quote(path)}")
+    return " && ".join(commands)
 

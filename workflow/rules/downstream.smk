@@ -3,25 +3,29 @@
 
 
 rule zero_shot:
+    """One checkpoint, one probe, every zero-shot dataset: one process (libraries and model load
+    once), one run directory and MLflow run per dataset."""
     input:
         data=DATA_READY,
-        init=init_checkpoint("zero-shot"),
+        # The pre-trained checkpoint, the same for every dataset.
+        init=init_checkpoint("zero-shot", dataset=ZERO_SHOT_DATASETS[0]),
     output:
-        metrics=f"{RUNS}/zero-shot/{{variant}}/T{{frames}}/{{dataset}}/{{probe}}/metrics.json",
-        config=f"{RUNS}/zero-shot/{{variant}}/T{{frames}}/{{dataset}}/{{probe}}/config.yaml",
+        metrics=zero_shot_outputs("metrics.json"),
+        config=zero_shot_outputs("config.yaml"),
     params:
-        config=run_config("zero-shot"),
+        write_configs=write_zero_shot_configs,
+        runs=lambda wildcards, output: " ".join(
+            f"--config {config} --out {Path(config).parent}" for config in output.config
+        ),
         launcher=launcher,
         init=init_flag,
-        out=lambda wildcards, output: Path(output.metrics).parent,
     log:
-        f"{RUNS}/zero-shot/{{variant}}/T{{frames}}/{{dataset}}/{{probe}}/stage.log",
+        f"{RUNS}/zero-shot/{{variant}}/T{{frames}}/{{probe}}.log",
     threads: 1
     resources:
         gpu=0,
     shell:
-        WRITE_CONFIG
-        + "{params.launcher} svitt eval-retrieval --config {output.config} --out {params.out}"
+        "{params.write_configs} && {params.launcher} svitt eval-retrieval {params.runs}"
         " {params.init} > {log} 2>&1"
 
 
