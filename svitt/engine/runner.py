@@ -81,9 +81,12 @@ def add_common_arguments(parser: argparse.ArgumentParser, training: bool) -> Non
         "--out",
         required=True,
         type=Path,
-        help="run directory: metrics.json, log.txt, and for training stages checkpoint.pt "
-        "(final) and last.pt (resumable)"
-        + ("" if training else "; one per --config, evaluated in the given order"),
+        help="run directory: metrics.json, log.txt"
+        + (
+            ", checkpoint.pt (final) and last.pt (resumable)"
+            if training
+            else "; one per --config, evaluated in the given order"
+        ),
         **repeat,
     )
     parser.add_argument(
