@@ -16,7 +16,6 @@ one error listing every bad file after the pass, unless `allow_bad` (then they s
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,10 +38,6 @@ from svitt.data.annotations import (
 from svitt.data.tokenizer import TextTokenizer
 from svitt.data.video import ClipLoader, ClipSpec
 from svitt.data.video_files import VideoError
-
-# Worker processes fork after the parent has used the fast tokenizer; its own thread pool
-# would otherwise deadlock-warn in every worker.
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 Sample = dict[str, Any]
 

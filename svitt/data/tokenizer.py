@@ -10,11 +10,16 @@ second per process, and every stage of the DAG is a process.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer
+
+# Worker processes fork after the parent has used the fast tokenizer; its own thread pool
+# would otherwise deadlock-warn in every worker.
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 SPECIAL_TOKENS = {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"}
 

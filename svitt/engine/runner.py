@@ -378,13 +378,13 @@ def run_stage(args: argparse.Namespace, body: Callable[[argparse.Namespace, str]
     guarded; the first failure stops the rest."""
     configs, outs = args.config, args.out
     if not isinstance(configs, list):
-        return guarded(args.command, lambda: body(args, args.command))
-    if len(configs) != len(outs):
-        message = f"{len(configs)} --config but {len(outs)} --out: give one --out per --config"
-        print(f"svitt {args.command}: error: {message}", file=sys.stderr)
-        return 2
+        configs, outs = [configs], [outs]
 
     def each() -> int:
+        if len(configs) != len(outs):
+            raise StageError(
+                f"{len(configs)} --config but {len(outs)} --out: give one --out per --config"
+            )
         for config, out in zip(configs, outs, strict=True):
             body(argparse.Namespace(**{**vars(args), "config": config, "out": out}), args.command)
         return 0
