@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 CORES ?= all
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: venv test test-faults tables figures bench lint clean-results
+.PHONY: venv test test-faults tables figures bench gpu-check lint clean-results
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.attention
 	$(BIN)/python -m benchmarks.model
 	$(BIN)/python -m benchmarks.loader
+
+# On a machine with a CUDA GPU: tests/test_cuda.py, then both benchmarks in bf16 (`_cuda` tables).
+gpu-check: $(STAMP)
+	PYTHON=$(BIN)/python bash benchmarks/gpu_check.sh results/gpu_check
 
 lint: $(STAMP)
 	$(BIN)/ruff check svitt tests benchmarks

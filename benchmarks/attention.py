@@ -5,7 +5,10 @@ Variants, all on the same q, k, v and output gradient, interleaved per repetitio
 - `sparse`: the library kernel `svitt.models.attention.sparse_attention`;
 - `gather_sdpa`: our first library kernel, SDPA over token-level gathers
   (`benchmarks.naive_attention`);
-- `loop`: the authors'-style Python loop over query blocks (`benchmarks.naive_attention`).
+- `loop`: the authors'-style Python loop over query blocks (`benchmarks.naive_attention`);
+- `flex`, `flex_aligned` (CUDA only): the same pattern as a compiled FlexAttention mask, on
+  the tokens as they are and on blocks moved to their own 64-token tiles
+  (`benchmarks.flex_attention`); a variant that fails to compile is dropped with a note.
 
 The process first keeps freed memory in the heap (`svitt.engine.allocator`, as training runs
 on CPU do); `--default-malloc` measures with glibc's defaults instead.
@@ -37,6 +40,12 @@ from benchmarks.common import (
     time_interleaved,
     write_table,
 )
+from benchmarks.flex_attention import (
+    aligned_block_mask,
+    flex_aligned_attention,
+    flex_sparse_attention,
+    pattern_block_mask,
+)
 from benchmarks.naive_attention import gather_sdpa_attention, loop_sparse_attention
 from svitt.models.attention import block_pattern, pattern_edges, sparse_attention
 
@@ -50,7 +59,9 @@ def dense_kernel(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, None]:
     return F.scaled_dot_product_attention(q, k, v), None
 
 
-def kernels(key_blocks: Tensor, block_size: int, with_loop: bool) -> dict[str, Kernel]:
+def kernels(
+    key_blocks: Tensor, block_size: int, with_loop: bool, with_flex: bool
+) -> dict[str, Kernel]:
     out: dict[str, Kernel] = {
         "dense": dense_kernel,
         "sparse": functools.partial(sparse_attention, key_blocks=key_blocks, block_size=block_size),
@@ -62,7 +73,25 @@ def kernels(key_blocks: Tensor, block_size: int, with_loop: bool) -> dict[str, K
         out["loop"] = functools.partial(
             loop_sparse_attention, key_blocks=key_blocks, block_size=block_size
         )
+    if with_flex:
+        for name, kernel in (
+            ("flex", flex_sparse_attention),
+            ("flex_aligned", flex_aligned_attention),
+        ):
+            out[name] = functools.partial(kernel, key_blocks=key_blocks, block_size=block_size)
     return out
+
+
+def flex_tiles(name: str, key_blocks: Tensor, block_size: int, n: int, device: torch.device) -> str:
+    """How many of its score tiles a flex variant computes."""
+    if name == "flex":
+        mask = pattern_block_mask(key_blocks, block_size, 1 + n, device)
+    else:
+        mask, _ = aligned_block_mask(key_blocks, block_size, n, 64, device)
+    return (
+        f"{name} computes {100 - mask.sparsity():.1f}% of the {mask.BLOCK_SIZE[0]} x "
+        f"{mask.BLOCK_SIZE[1]} score tiles over {mask.seq_lengths[0]} positions"
+    )
 
 
 def step(kernel: Kernel, q: Tensor, k: Tensor, v: Tensor, grad: Tensor) -> None:
@@ -72,7 +101,19 @@ def step(kernel: Kernel, q: Tensor, k: Tensor, v: Tensor, grad: Tensor) -> None:
     q.grad = k.grad = v.grad = None
 
 
-def bench_length(args: argparse.Namespace, frames: int, device: torch.device) -> list[dict]:
+def try_once(run: Callable[[], None]) -> str | None:
+    """Run (and so compile) a variant once; why it cannot run, or None."""
+    try:
+        run()
+    except Exception as error:  # a compiler failure must not cost the other variants
+        return f"{type(error).__name__}: {str(error)[:300]}"
+    return None
+
+
+def bench_length(
+    args: argparse.Namespace, frames: int, device: torch.device
+) -> tuple[list[dict], list[str]]:
+    """Rows of one clip length, and notes on it."""
     n = frames * args.patches
     num_blocks = -(-n // args.block_size)
     generator = torch.Generator().manual_seed(0)
@@ -82,12 +123,27 @@ def bench_length(args: argparse.Namespace, frames: int, device: torch.device) ->
     torch.manual_seed(0)
     q, k, v = (torch.randn(shape, device=device, dtype=dtype, requires_grad=True) for _ in "qkv")
     grad = torch.randn(shape, device=device, dtype=dtype)
-    variants = kernels(key_blocks, args.block_size, not args.no_loop)
+    with_flex = device.type == "cuda" and not args.no_flex
+    variants = kernels(key_blocks, args.block_size, not args.no_loop, with_flex)
     runs = {
         name: functools.partial(step, kernel, q, k, v, grad) for name, kernel in variants.items()
     }
-    reps = args.reps if args.reps else {4: 7, 8: 5}.get(frames, 5)
-    times = time_interleaved(runs, reps=reps, warmup=args.warmup, device=device)
+    notes = []
+    for name in [name for name in runs if name.startswith("flex")]:
+        failure = try_once(runs[name])
+        if failure:
+            del runs[name]
+            q.grad = k.grad = v.grad = None
+        note = f"T={frames}: " + (
+            f"{name} dropped: {failure}"
+            if failure
+            else flex_tiles(name, key_blocks, args.block_size, n, device)
+        )
+        print(note, flush=True)
+        notes.append(note)
+    reps = args.reps or default_reps(frames, device)
+    warmup = args.warmup if args.warmup >= 0 else (3 if device.type == "cuda" else 1)
+    times = time_interleaved(runs, reps=reps, warmup=warmup, device=device)
     dense_edges = args.batch * args.heads * (1 + n) ** 2
     sparse_edges = (
         args.batch * args.heads * (pattern_edges(key_blocks, n, args.block_size) + (1 + n))
@@ -102,20 +158,28 @@ def bench_length(args: argparse.Namespace, frames: int, device: torch.device) ->
                 "tokens": 1 + n,
                 "batch": args.batch,
                 "variant": name,
-                "ms": round(ms, 2),
-                "ms_min": round(min(times[name]) * 1e3, 2),
+                "ms": round(ms, 3),
+                "ms_min": round(min(times[name]) * 1e3, 3),
                 "reps": reps,
                 "speedup_vs_dense": round(dense_ms / ms, 2),
                 "peak_mb": round(peak_memory(run, device) / 2**20, 1),
-                "gflops": round(count_flops(run) / 1e9, 4),
+                # FlopCounterMode counts flex_attention as dense attention: not comparable.
+                "gflops": "" if name.startswith("flex") else round(count_flops(run) / 1e9, 4),
                 "edges_m": round((dense_edges if name == "dense" else sparse_edges) / 1e6, 3),
             }
         )
         print(
-            f"T={frames:>2} {name:>6}: {ms:9.1f} ms  x{dense_ms / ms:5.2f} vs dense",
+            f"T={frames:>2} {name:>11}: {ms:9.3f} ms  x{dense_ms / ms:5.2f} vs dense",
             flush=True,
         )
-    return rows
+    return rows, notes
+
+
+def default_reps(frames: int, device: torch.device) -> int:
+    """CPU: 7 at T = 4, else 5 (seconds per call); CUDA: 50 (milliseconds per call)."""
+    if device.type == "cuda":
+        return 50
+    return {4: 7}.get(frames, 5)
 
 
 def goal_notes(rows: list[dict]) -> list[str]:
@@ -143,9 +207,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--block-size", type=int, default=56, help="G")
     parser.add_argument("--local-blocks", type=int, default=1, help="K_l")
     parser.add_argument("--random-blocks", type=int, default=3, help="K_r")
-    parser.add_argument("--reps", type=int, default=0, help="0: 7 at T=4, else 5")
-    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--reps", type=int, default=0, help="0: CPU 7 at T=4, else 5; CUDA 50")
+    parser.add_argument("--warmup", type=int, default=-1, help="-1: CPU 1, CUDA 3")
     parser.add_argument("--no-loop", action="store_true", help="skip the Python-loop baseline")
+    parser.add_argument(
+        "--no-flex", action="store_true", help="skip the FlexAttention variants on CUDA"
+    )
     parser.add_argument(
         "--default-malloc", action="store_true", help="keep glibc's default allocator settings"
     )
@@ -167,7 +234,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if device.type == "cpu":
         info["malloc"] = set_allocator(args.default_malloc)
     print(", ".join(f"{key}: {value}" for key, value in info.items()), flush=True)
-    rows = [row for frames in args.frames for row in bench_length(args, frames, device)]
+    rows, length_notes = [], []
+    for frames in args.frames:
+        got, notes = bench_length(args, frames, device)
+        rows += got
+        length_notes += notes
     stem = args.results / args.profile / "tables" / f"compute_attention{table_suffix(device)}"
     notes = [
         "forward + backward of one attention call (all heads), median over repetitions, "
@@ -178,10 +249,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "peak_mb: tensor memory allocated above the inputs during the step (see "
         "benchmarks/common.py); edges_m: query-key pairs, [CLS] row and column included",
         "machine: " + ", ".join(f"{key} {value}" for key, value in info.items()),
+        *length_notes,
         *goal_notes(rows),
     ]
     write_table(rows, stem, "Attention kernel: dense vs block-sparse", notes)
-    for note in notes[-4:]:
+    for note in notes[3:]:
         print(note)
     print(f"wrote {stem}.csv and .md")
     return rows

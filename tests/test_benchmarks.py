@@ -11,6 +11,12 @@ import torch
 from benchmarks import attention as attention_bench
 from benchmarks import model as model_bench
 from benchmarks.common import peak_memory
+from benchmarks.flex_attention import (
+    aligned_block_mask,
+    aligned_positions,
+    flex_aligned_attention,
+    flex_sparse_attention,
+)
 from benchmarks.naive_attention import (
     gather_sdpa_attention,
     loop_sparse_attention,
@@ -37,6 +43,35 @@ def test_every_kernel_matches_masked_dense(num_tokens: int) -> None:
         assert torch.allclose(cls_attn.sum(-1), torch.ones((), dtype=torch.float64))
         for got, ref in zip(torch.autograd.grad(out, (q, k, v), grad), want, strict=True):
             torch.testing.assert_close(got, ref)
+
+
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+@pytest.mark.parametrize("num_tokens", [32, 29])
+def test_flex_variants_compute_the_pattern(num_tokens: int) -> None:
+    # Forward only: FlexAttention has no CPU backward (tests/test_cuda.py checks the rest).
+    torch.manual_seed(0)
+    num_blocks = -(-num_tokens // 4)
+    key_blocks = block_pattern(num_blocks, 1, 3, torch.Generator().manual_seed(1))
+    q, k, v = (torch.randn(2, 3, 1 + num_tokens, 8, dtype=torch.float64) for _ in "qkv")
+    expected = masked_dense_attention(q, k, v, key_blocks, 4)
+    for out, cls_attn in (
+        flex_sparse_attention(q, k, v, key_blocks, 4),
+        flex_aligned_attention(q, k, v, key_blocks, 4, tile=16),
+    ):
+        torch.testing.assert_close(out, expected)
+        assert torch.allclose(cls_attn.sum(-1), torch.ones((), dtype=torch.float64))
+
+
+def test_aligned_layout_gives_each_block_its_own_tile() -> None:
+    positions = aligned_positions(10, 4, 8, torch.device("cpu"))
+    assert positions.tolist() == [0, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25]
+    key_blocks = block_pattern(14, 1, 3, torch.Generator().manual_seed(0))
+    mask, _ = aligned_block_mask(key_blocks, 4, 14 * 4, 8, torch.device("cpu"))
+    # [CLS]'s query tile sees all 15 tiles; every block tile its 4 key tiles plus [CLS]'s.
+    assert mask.seq_lengths == (8 * 15, 8 * 15)
+    assert round((100 - mask.sparsity()) / 100 * 15 * 15) == 15 + 14 * 5
+    with pytest.raises(ValueError, match="does not fit"):
+        aligned_positions(10, 9, 8, torch.device("cpu"))
 
 
 def test_sparse_mask_counts_the_pattern() -> None:
