@@ -25,13 +25,13 @@ step() {  # step NAME SECONDS COMMAND...: run under a time limit, log, remember 
     fi
 }
 
-step gpu 30 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm --format=csv
-step versions 60 "$py" -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
-step tests 150 "$py" -m pytest -q -p no:cacheprovider tests/test_cuda.py
+step gpu 20 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm --format=csv
+step versions 40 "$py" -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
+step tests 110 "$py" -m pytest -q -p no:cacheprovider tests/test_cuda.py
 # shellcheck disable=SC2086  # BENCH_ARGS is a list of options
 step attention 240 "$py" -m benchmarks.attention --device cuda ${BENCH_ARGS:-}
 # shellcheck disable=SC2086
-step model 180 "$py" -m benchmarks.model --device cuda ${BENCH_ARGS:-}
+step model 150 "$py" -m benchmarks.model --device cuda ${BENCH_ARGS:-}
 cp results/synthetic/tables/compute_attention_cuda.* results/synthetic/tables/compute_cuda.* \
     results/synthetic/figures/compute_cuda.png "$out"/ 2>>"$log"
 echo "== done, status $status ($(date -u +%T))" | tee -a "$log"
