@@ -22,15 +22,10 @@ import torch
 from torch import Tensor
 from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
 
-# Kernel tiles no larger than the aligned layout's 64-token mask blocks; the backward's tiles
-# must also divide each other (BLOCK_N1 % BLOCK_M1 == BLOCK_M2 % BLOCK_N2 == 0).
+# Kernel tiles equal to the aligned layout's 64-token mask blocks, forward and backward (the
+# defaults are larger than the mask blocks on some torch versions).
 ALIGNED_KERNEL = {
-    "BLOCK_M": 64,
-    "BLOCK_N": 64,
-    "BLOCK_M1": 32,
-    "BLOCK_N1": 64,
-    "BLOCK_M2": 64,
-    "BLOCK_N2": 32,
+    name: 64 for name in ("BLOCK_M", "BLOCK_N", "BLOCK_M1", "BLOCK_N1", "BLOCK_M2", "BLOCK_N2")
 }
 
 
@@ -83,6 +78,9 @@ def aligned_block_mask(
 
 @functools.cache
 def _compiled_flex() -> Callable[..., Tensor]:
+    # One compilation per variant and shape; past the default limit of 8, torch would fall
+    # back to the unfused implementation without a word.
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
     return torch.compile(flex_attention, dynamic=False)
 
 

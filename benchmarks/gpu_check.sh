@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The GPU checks and benchmarks in one go, for a machine with a CUDA GPU:
 #   bash benchmarks/gpu_check.sh OUTDIR
-# Runs tests/test_cuda.py, then the attention and model benchmarks on CUDA (bf16), and copies
-# their `_cuda` tables and figure to OUTDIR, with one log of everything (gpu_check.log).
+# Runs tests/test_cuda.py, then the attention benchmark (batch 1 and 8) and the model
+# benchmark (batch 1, then 8 clips: a GPU step at batch 1 is mostly launch overhead) on CUDA
+# in bf16, and copies their `_cuda` tables and figure to OUTDIR (the batch-8 model table as
+# compute_cuda_batch8), with one log of everything (gpu_check.log).
 # Every step runs even if one before it failed; the exit status is the first failure's.
 # PYTHON (default python3) is the interpreter; BENCH_ARGS are passed to both benchmarks.
 set -u
@@ -27,12 +29,19 @@ step() {  # step NAME SECONDS COMMAND...: run under a time limit, log, remember 
 
 step gpu 20 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm --format=csv
 step versions 40 "$py" -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
-step tests 110 "$py" -m pytest -q -p no:cacheprovider tests/test_cuda.py
+step tests 100 "$py" -m pytest -q -p no:cacheprovider tests/test_cuda.py
 # shellcheck disable=SC2086  # BENCH_ARGS is a list of options
-step attention 240 "$py" -m benchmarks.attention --device cuda ${BENCH_ARGS:-}
+step attention 200 "$py" -m benchmarks.attention --device cuda ${BENCH_ARGS:-}
 # shellcheck disable=SC2086
-step model 150 "$py" -m benchmarks.model --device cuda ${BENCH_ARGS:-}
-cp results/synthetic/tables/compute_attention_cuda.* results/synthetic/tables/compute_cuda.* \
+step model 100 "$py" -m benchmarks.model --device cuda ${BENCH_ARGS:-}
+# shellcheck disable=SC2086
+step model_batch8 130 "$py" -m benchmarks.model --device cuda --batch 8 --reps 10 \
+    --results results/batch8 ${BENCH_ARGS:-}
+tables=results/synthetic/tables
+cp $tables/compute_attention_cuda.* $tables/compute_cuda.* \
     results/synthetic/figures/compute_cuda.png "$out"/ 2>>"$log"
+for ext in csv md; do
+    cp results/batch8/synthetic/tables/compute_cuda.$ext "$out"/compute_cuda_batch8.$ext 2>>"$log"
+done
 echo "== done, status $status ($(date -u +%T))" | tee -a "$log"
 exit "$status"

@@ -233,7 +233,11 @@ def sparse_attention(
             f"{-(-n // block_size)} blocks of {block_size}"
         )
     device = q.device
-    key_blocks = key_blocks.to(device)
+    if device.type == "cuda" and key_blocks.device.type == "cpu":
+        # A copy from pageable memory would first wait for the GPU to finish its queue.
+        key_blocks = key_blocks.pin_memory().to(device, non_blocking=True)
+    else:
+        key_blocks = key_blocks.to(device)
     offsets = torch.arange(block_size, device=device)
     key_index = rearrange(key_blocks[:, :, None] * block_size + offsets, "nb k g -> nb (k g)")
     key_index = torch.cat([key_index.new_zeros(num_blocks, 1), key_index + 1], dim=1)
@@ -252,4 +256,7 @@ def sparse_attention(
     if bias_fn is not None:
         keys = torch.arange(n + 1, device=device)
         cls_mask = bias_fn(keys[:1], keys).to(q.dtype)
-    return _BlockSparse.apply(q, k, v, key_blocks, mask, cls_mask, block_size)
+    # Autocast would run the softmaxes in float32 and the matmuls in bf16, mixing dtypes in
+    # the hand-written backward: the kernel runs in the dtype of q, k, v instead.
+    with torch.autocast(device.type, enabled=False):
+        return _BlockSparse.apply(q, k, v, key_blocks, mask, cls_mask, block_size)
