@@ -221,7 +221,7 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     vision = [r for r in rows if r["part"] == "vision"]
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    fig, axes = plt.subplots(1, 2, figsize=(9.5, 3.6), gridspec_kw={"wspace": 0.32})
     for variant in VARIANTS:
         pts = sorted(
             (r["frames"], r["s_per_step"], r["peak_mb"]) for r in vision if r["variant"] == variant
