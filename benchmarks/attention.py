@@ -47,6 +47,7 @@ from benchmarks.flex_attention import (
     pattern_block_mask,
 )
 from benchmarks.naive_attention import gather_sdpa_attention, loop_sparse_attention
+from svitt.models import cpu_kernel
 from svitt.models.attention import block_pattern, pattern_edges, sparse_attention
 
 Kernel = Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor | None]]
@@ -59,16 +60,30 @@ def dense_kernel(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, None]:
     return F.scaled_dot_product_attention(q, k, v), None
 
 
+def ops_kernel(sparse: Kernel) -> Kernel:
+    """The library kernel with its C++ block part switched off: the PyTorch-op version (the
+    backward follows the forward's choice)."""
+
+    def kernel(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor | None]:
+        with cpu_kernel.disabled():
+            return sparse(q, k, v)
+
+    return kernel
+
+
 def kernels(
-    key_blocks: Tensor, block_size: int, with_loop: bool, with_flex: bool
+    key_blocks: Tensor, block_size: int, with_loop: bool, with_flex: bool, with_ops: bool
 ) -> dict[str, Kernel]:
+    sparse = functools.partial(sparse_attention, key_blocks=key_blocks, block_size=block_size)
     out: dict[str, Kernel] = {
         "dense": dense_kernel,
-        "sparse": functools.partial(sparse_attention, key_blocks=key_blocks, block_size=block_size),
+        "sparse": sparse,
         "gather_sdpa": functools.partial(
             gather_sdpa_attention, key_blocks=key_blocks, block_size=block_size
         ),
     }
+    if with_ops:
+        out["sparse_ops"] = ops_kernel(sparse)
     if with_loop:
         out["loop"] = functools.partial(
             loop_sparse_attention, key_blocks=key_blocks, block_size=block_size
@@ -124,7 +139,8 @@ def bench_length(
     q, k, v = (torch.randn(shape, device=device, dtype=dtype, requires_grad=True) for _ in "qkv")
     grad = torch.randn(shape, device=device, dtype=dtype)
     with_flex = device.type == "cuda" and not args.no_flex
-    variants = kernels(key_blocks, args.block_size, not args.no_loop, with_flex)
+    with_ops = device.type == "cpu" and cpu_kernel.available()
+    variants = kernels(key_blocks, args.block_size, not args.no_loop, with_flex, with_ops)
     runs = {
         name: functools.partial(step, kernel, q, k, v, grad) for name, kernel in variants.items()
     }

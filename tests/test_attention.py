@@ -1,7 +1,11 @@
+import contextlib
+import logging
+
 import pytest
 import torch
 
 from svitt.config import SparsityConfig, VisionConfig
+from svitt.models import cpu_kernel
 from svitt.models.attention import (
     block_pattern,
     dense_attention,
@@ -9,6 +13,18 @@ from svitt.models.attention import (
     sparse_attention,
 )
 from svitt.models.vision import Attention
+
+
+@pytest.fixture(params=["cpp", "ops"])
+def backend(request):
+    """Run the test with the C++ block kernel, then with the PyTorch-op kernel."""
+    if request.param == "cpp":
+        assert cpu_kernel.available(), "the C++ kernel did not build (see the log warning)"
+        context = contextlib.nullcontext()
+    else:
+        context = cpu_kernel.disabled()
+    with context:
+        yield request.param
 
 
 def qkv(batch=2, heads=3, length=1 + 23, dim=8, seed=0):
@@ -55,7 +71,7 @@ def reference(q, k, v, bias, mask=None):
 
 
 @pytest.mark.parametrize(("n", "local", "random"), [(23, 1, 2), (23, 3, 1), (20, 1, 1)])
-def test_sparse_equals_dense_with_equivalent_mask(n, local, random):
+def test_sparse_equals_dense_with_equivalent_mask(n, local, random, backend):
     block_size = 4
     q, k, v = qkv(length=1 + n)
     full, bias = table_bias(2, 3, 1 + n)
@@ -69,7 +85,7 @@ def test_sparse_equals_dense_with_equivalent_mask(n, local, random):
 
 
 @pytest.mark.parametrize(("batch", "n"), [(2, 23), (1, 24)])
-def test_sparse_gradients_equal_masked_dense(batch, n):
+def test_sparse_gradients_equal_masked_dense(batch, n, backend):
     """The hand-written backward, bias-table gradient included, padded tail or not."""
     block_size = 4
     q, k, v = (x.requires_grad_() for x in qkv(batch=batch, length=1 + n))
@@ -86,7 +102,7 @@ def test_sparse_gradients_equal_masked_dense(batch, n):
         torch.testing.assert_close(got, want)
 
 
-def test_sparse_without_bias_masks_the_padding():
+def test_sparse_without_bias_masks_the_padding(backend):
     q, k, v = qkv(length=1 + 23)
     key_blocks = block_pattern(6, 1, 2, torch.Generator().manual_seed(0))
     out, _ = sparse_attention(q, k, v, key_blocks, 4)
@@ -142,7 +158,7 @@ def test_eval_attention_is_deterministic_and_training_is_not():
     assert any(not torch.allclose(o, first) for o in outs)
 
 
-def test_sparse_backward_accepts_an_expanded_gradient():
+def test_sparse_backward_accepts_an_expanded_gradient(backend):
     q, k, v = (x.requires_grad_() for x in qkv(length=1 + 23))
     key_blocks = block_pattern(6, 1, 2, torch.Generator().manual_seed(0))
     out, cls_attn = sparse_attention(q, k, v, key_blocks, 4)
@@ -151,3 +167,58 @@ def test_sparse_backward_accepts_an_expanded_gradient():
     want = torch.autograd.grad(ref_out.sum() + ref_cls.sum(), (q, k, v))
     for got, ref in zip((q.grad, k.grad, v.grad), want, strict=True):
         torch.testing.assert_close(got, ref)
+
+
+def test_cpp_and_op_kernels_agree_in_float32():
+    n, block_size = 45, 8
+    q, k, v = (x.float().requires_grad_() for x in qkv(batch=2, heads=3, length=1 + n))
+    full = table_bias(2, 3, 1 + n)[0].float().requires_grad_()
+
+    def bias(query_index, key_index):
+        return full[:, :, query_index[..., :, None], key_index[..., None, :]]
+
+    key_blocks = block_pattern(6, 1, 2, torch.Generator().manual_seed(2))
+    results = []
+    for context in (contextlib.nullcontext(), cpu_kernel.disabled()):
+        with context:
+            out, cls_attn = sparse_attention(q, k, v, key_blocks, block_size, bias)
+        loss = (out * torch.linspace(-1, 1, out.shape[-1])).sum() + cls_attn.square().sum()
+        results.append([out, cls_attn, *torch.autograd.grad(loss, (q, k, v, full))])
+    for got, want in zip(*results, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_cpp_kernel_rejects_non_contiguous_inputs():
+    assert cpu_kernel.available()
+    q, k, v = qkv(length=1 + 24)
+    key_blocks = block_pattern(6, 1, 2, torch.Generator().manual_seed(0))
+    with pytest.raises(RuntimeError, match="contiguous"):
+        torch.ops.svitt_block_sparse.forward(q.transpose(1, 2), k, v, key_blocks, None, 4)
+
+
+def test_cpu_kernel_can_be_switched_off_and_falls_back_when_it_cannot_build(monkeypatch, caplog):
+    import torch.utils.cpp_extension
+
+    cpu_kernel.available.cache_clear()
+    try:
+        monkeypatch.setenv("SVITT_CPU_KERNEL", "0")
+        assert not cpu_kernel.available() and not cpu_kernel.enabled()
+        cpu_kernel.available.cache_clear()
+        monkeypatch.setenv("SVITT_CPU_KERNEL", "1")
+
+        def broken(**kwargs):
+            raise RuntimeError("Error building extension 'svitt_block_sparse'")
+
+        monkeypatch.setattr(torch.utils.cpp_extension, "load", broken)
+        with caplog.at_level(logging.WARNING, logger="svitt.models.cpu_kernel"):
+            assert not cpu_kernel.available()
+        assert "using the PyTorch-op kernel" in caplog.text
+        q, k, v = qkv(length=1 + 23)  # the op kernel serves meanwhile
+        key_blocks = block_pattern(6, 1, 2, torch.Generator().manual_seed(0))
+        out, _ = sparse_attention(q, k, v, key_blocks, 4)
+        ref, _ = reference(q, k, v, torch.zeros(()), block_mask(key_blocks, 23, 4))
+        torch.testing.assert_close(out, ref)
+    finally:
+        monkeypatch.undo()
+        cpu_kernel.available.cache_clear()
+    assert cpu_kernel.available()

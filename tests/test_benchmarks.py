@@ -94,8 +94,8 @@ def test_peak_memory_counts_live_tensors() -> None:
 def test_attention_benchmark_quick(tmp_path: Path) -> None:
     rows = attention_bench.main(["--quick", "--results", str(tmp_path), "--device", "cpu"])
     table = pd.read_csv(tmp_path / "synthetic" / "tables" / "compute_attention.csv")
-    assert len(table) == len(rows) == 8
-    assert set(table["variant"]) == {"dense", "sparse", "gather_sdpa", "loop"}
+    assert len(table) == len(rows) == 10
+    assert set(table["variant"]) == {"dense", "sparse", "sparse_ops", "gather_sdpa", "loop"}
     assert (tmp_path / "synthetic" / "tables" / "compute_attention.md").is_file()
 
 

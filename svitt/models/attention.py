@@ -13,15 +13,19 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor
 
+from svitt.models import cpu_kernel
+
 # (query_index [*, Nq], key_index [*, Nk]) -> additive bias [B or 1, H, *, Nq, Nk].
 # Indices are positions in the current sequence, 0 being [CLS].
 BiasFn = Callable[[Tensor, Tensor], Tensor]
+_CPP_DTYPES = (torch.float32, torch.float64)
 
 
 def block_pattern(
@@ -82,15 +86,126 @@ def dense_attention(
     return out, cls_attn
 
 
+Blocks = tuple[Tensor, Tensor, Tensor]  # rows [BH*nb, G, d], probs [.., G, K*G], cls [.., G, 1]
+
+
+class _Saved(NamedTuple):
+    """What the block backward needs from the forward."""
+
+    scaled: Tensor  # q * d^-0.5, [B, H, N, d]
+    k: Tensor
+    v: Tensor
+    flat: Tensor  # key_blocks.flatten()
+    blocks: Blocks
+
+
+def _blocks_forward_torch(
+    scaled: Tensor, k: Tensor, v: Tensor, flat: Tensor, mask: Tensor | None, block_size: int
+) -> Blocks:
+    """Every query block against its gathered key blocks and the [CLS] key, in PyTorch ops.
+
+    Keys and values are gathered a whole block (G * d contiguous floats) at a time, the [CLS]
+    key is scored separately instead of being concatenated to every block, and the softmax
+    runs in place.
+    """
+    batch, heads, _, dim = scaled.shape
+    num_blocks = _num_blocks_of(scaled, block_size)
+    by_head = functools.partial(_by_head, batch=batch, heads=heads)
+    qb = _blocks(scaled, num_blocks, block_size).reshape(-1, block_size, dim)
+    kg, vg = (_gather(x, flat, num_blocks, block_size) for x in (k, v))
+    k_cls, v_cls = by_head(k[:, :, :1]), by_head(v[:, :, :1])
+    logits = torch.bmm(qb, kg.transpose(1, 2))  # [BH*nb, G, K*G]
+    cls_logits = torch.bmm(by_head(qb), k_cls.mT).view(-1, block_size, 1)
+    if mask is not None:
+        shape = (batch, heads, num_blocks, block_size, -1)
+        logits.view(shape).add_(mask[..., 1:])
+        cls_logits.view(shape).add_(mask[..., :1])
+    top = torch.maximum(logits.amax(-1, keepdim=True), cls_logits)
+    probs = logits.sub_(top).exp_()
+    cls_probs = cls_logits.sub_(top).exp_()
+    total = probs.sum(-1, keepdim=True).add_(cls_probs)
+    probs.div_(total)
+    cls_probs.div_(total)
+    rows = torch.bmm(probs, vg)
+    by_head(rows).baddbmm_(by_head(cls_probs), v_cls)
+    return rows, probs, cls_probs
+
+
+def _blocks_backward_torch(
+    grad: Tensor, saved: _Saved, with_dlogits: bool, block_size: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """Gradients of the block part: dq rows [BH, nb*G, d] (unscaled), dk, dv [BH, N, d], and
+    dL/dlogits [B, H, nb, G, 1 + K*G] ([CLS] key first) if asked for. The backward recomputes
+    the gathers and scatters whole key blocks back with one `index_add_`."""
+    scaled, k, v, flat, (rows, probs, cls_probs) = saved
+    batch, heads, length, dim = k.shape
+    num_blocks = _num_blocks_of(k, block_size)
+    by_head = functools.partial(_by_head, batch=batch, heads=heads)
+    qb = _blocks(scaled, num_blocks, block_size).reshape(-1, block_size, dim)
+    k_cls, v_cls = by_head(k[:, :, :1]), by_head(v[:, :, :1])
+    grad = _blocks(grad, num_blocks, block_size).reshape(-1, block_size, dim)
+    kg, vg = (_gather(x, flat, num_blocks, block_size) for x in (k, v))
+    # dL/dlogits = P * (dL/dP - rowsum(P * dL/dP)), for the block keys and the [CLS] key.
+    row_dot = torch.linalg.vecdot(grad, rows).unsqueeze(-1)
+    dlogits = torch.bmm(grad, vg.transpose(1, 2)).sub_(row_dot).mul_(probs)
+    dcls = torch.bmm(by_head(grad), v_cls.mT).view_as(row_dot).sub_(row_dot).mul_(cls_probs)
+    dq_rows = torch.bmm(dlogits, kg)
+    by_head(dq_rows).baddbmm_(by_head(dcls), k_cls)
+    dk = _scatter_blocks(torch.bmm(dlogits.transpose(1, 2), qb), flat, length, num_blocks)
+    dk[:, :1] = torch.bmm(by_head(dcls).mT, by_head(qb))
+    dv = _scatter_blocks(torch.bmm(probs.transpose(1, 2), grad), flat, length, num_blocks)
+    dv[:, :1] = torch.bmm(by_head(cls_probs).mT, by_head(grad))
+    both = None
+    if with_dlogits:
+        shape = (batch, heads, num_blocks, block_size, -1)
+        both = torch.cat([dcls.view(shape), dlogits.view(shape)], dim=-1)
+    return by_head(dq_rows), dk, dv, both
+
+
+def _blocks_forward_cpp(
+    scaled: Tensor, k: Tensor, v: Tensor, flat: Tensor, mask: Tensor | None, block_size: int
+) -> Blocks:
+    """`_blocks_forward_torch` in one C++ pass per query block (`svitt.models.cpu_kernel`)."""
+    batch, heads = scaled.shape[:2]
+    key_blocks = flat.view(_num_blocks_of(scaled, block_size), -1)
+    if mask is not None:  # the kernel reads it through strides: broadcast dims cost nothing
+        mask = mask.expand(batch, heads, key_blocks.shape[0], block_size, mask.shape[-1])
+    rows, probs, cls_probs = torch.ops.svitt_block_sparse.forward(
+        scaled, k, v, key_blocks, mask, block_size
+    )
+    return tuple(x.view(-1, block_size, x.shape[-1]) for x in (rows, probs, cls_probs))
+
+
+def _blocks_backward_cpp(
+    grad: Tensor, saved: _Saved, with_dlogits: bool, block_size: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """`_blocks_backward_torch` in one C++ pass per query block."""
+    scaled, k, v, flat, blocks = saved
+    batch, heads = k.shape[:2]
+    num_blocks = _num_blocks_of(k, block_size)
+    shape = (batch, heads, num_blocks, block_size, -1)
+    grad = _blocks(grad, num_blocks, block_size).contiguous().view(shape)
+    rows, probs, cls_probs = (x.view(shape) for x in blocks)
+    dq_rows, dk, dv, dlogits = torch.ops.svitt_block_sparse.backward(
+        grad, scaled, k, v, flat.view(num_blocks, -1), probs, cls_probs, rows, with_dlogits,
+        block_size,
+    )  # fmt: skip
+    by_head = functools.partial(_by_head, batch=batch, heads=heads)
+    return by_head(dq_rows), by_head(dk), by_head(dv), dlogits if with_dlogits else None
+
+
+def _num_blocks_of(x: Tensor, block_size: int) -> int:
+    return -(-(x.shape[2] - 1) // block_size)
+
+
 class _BlockSparse(torch.autograd.Function):
     """Block-sparse attention, forward and backward by hand; [CLS]'s full row included.
 
     Why not SDPA on gathered keys: on CPU, most of that path's time went to token-level
-    gathers, their scatter-add backward and fresh large allocations, not to the matmuls. Here
-    keys and values are gathered a whole block (G * d contiguous floats) at a time, the [CLS]
-    key is scored separately instead of being concatenated to every block, the softmax runs
-    in place, the backward scatters whole blocks with one `index_add_`, and the [CLS] row's
-    gradients are added in place rather than summed by autograd.
+    gathers, their scatter-add backward and fresh large allocations, not to the matmuls. The
+    block part runs in C++ on the CPU when the extension builds (`svitt.models.cpu_kernel`),
+    else in PyTorch ops; the [CLS] row is computed here, and its gradients are added in place
+    rather than summed by autograd.
     """
 
     @staticmethod
@@ -105,74 +220,46 @@ class _BlockSparse(torch.autograd.Function):
         block_size: int,
     ) -> tuple[Tensor, Tensor]:
         batch, heads, length, dim = q.shape
-        num_blocks = key_blocks.shape[0]
         by_head = functools.partial(_by_head, batch=batch, heads=heads)
         flat = key_blocks.flatten()
-        scaled = q * dim**-0.5
-        qb = _blocks(scaled, num_blocks, block_size).reshape(-1, block_size, dim)
-        kg, vg = (_gather(x, flat, num_blocks, block_size) for x in (k, v))
-        k_cls, v_cls = by_head(k[:, :, :1]), by_head(v[:, :, :1])
-        logits = torch.bmm(qb, kg.transpose(1, 2))  # [BH*nb, G, K*G]
-        cls_logits = torch.bmm(by_head(qb), k_cls.mT).view(-1, block_size, 1)
-        if mask is not None:
-            shape = (batch, heads, num_blocks, block_size, -1)
-            logits.view(shape).add_(mask[..., 1:])
-            cls_logits.view(shape).add_(mask[..., :1])
-        top = torch.maximum(logits.amax(-1, keepdim=True), cls_logits)
-        probs = logits.sub_(top).exp_()
-        cls_probs = cls_logits.sub_(top).exp_()
-        total = probs.sum(-1, keepdim=True).add_(cls_probs)
-        probs.div_(total)
-        cls_probs.div_(total)
-        rows = torch.bmm(probs, vg)
-        by_head(rows).baddbmm_(by_head(cls_probs), v_cls)
+        # Contiguous once here (q, k, v come from a rearrange), not in every helper.
+        scaled, k, v = (q * dim**-0.5).contiguous(), k.contiguous(), v.contiguous()
+        native = q.device.type == "cpu" and q.dtype in _CPP_DTYPES and cpu_kernel.enabled()
+        forward = _blocks_forward_cpp if native else _blocks_forward_torch
+        rows, probs, cls_probs = forward(scaled, k, v, flat, mask, block_size)
         # The [CLS] query attends to every key.
         row0 = torch.bmm(by_head(scaled[:, :, :1]), by_head(k).mT)  # [BH, 1, N]
         if cls_mask is not None:
             row0.view(batch, heads, 1, length).add_(cls_mask)
         row0 = row0.softmax(dim=-1)
         out = torch.cat([torch.bmm(row0, by_head(v)), by_head(rows)[:, : length - 1]], dim=1)
-        ctx.save_for_backward(scaled, qb, k, v, flat, probs, cls_probs, rows, row0)
+        ctx.save_for_backward(scaled, k, v, flat, probs, cls_probs, rows, row0)
         ctx.mask_shapes = tuple(None if m is None else m.shape for m in (mask, cls_mask))
-        ctx.sizes = (batch, heads, num_blocks, block_size)
+        ctx.block_size, ctx.native = block_size, native
         return out.view(q.shape), row0.view(batch, heads, length)
 
     @staticmethod
     def backward(  # type: ignore[override]
         ctx: torch.autograd.function.FunctionCtx, grad: Tensor, grad_cls_attn: Tensor
     ) -> tuple[Tensor | None, ...]:
-        scaled, qb, k, v, flat, probs, cls_probs, rows, row0 = ctx.saved_tensors
-        batch, heads, num_blocks, block_size = ctx.sizes
+        scaled, k, v, flat, probs, cls_probs, rows, row0 = ctx.saved_tensors
+        batch, heads, length, dim = k.shape
         # A gradient from `.sum()` is expanded (stride 0); CPU bmm is slow on such views.
         grad, grad_cls_attn = grad.contiguous(), grad_cls_attn.contiguous()
-        length, dim = k.shape[2:]
         by_head = functools.partial(_by_head, batch=batch, heads=heads)
-        k_cls, v_cls = by_head(k[:, :, :1]), by_head(v[:, :, :1])
-        grad0 = by_head(grad[:, :, :1])
-        grad = _blocks(grad, num_blocks, block_size).reshape(-1, block_size, dim)
-        kg, vg = (_gather(x, flat, num_blocks, block_size) for x in (k, v))
-        # dL/dlogits = P * (dL/dP - rowsum(P * dL/dP)), for the block keys and the [CLS] key.
-        row_dot = torch.linalg.vecdot(grad, rows).unsqueeze(-1)
-        dlogits = torch.bmm(grad, vg.transpose(1, 2)).sub_(row_dot).mul_(probs)
-        dcls = torch.bmm(by_head(grad), v_cls.mT).view_as(row_dot).sub_(row_dot).mul_(cls_probs)
-        dq_rows = torch.bmm(dlogits, kg)
-        by_head(dq_rows).baddbmm_(by_head(dcls), k_cls)
-        dk = _scatter_blocks(torch.bmm(dlogits.transpose(1, 2), qb), flat, length, num_blocks)
-        dk[:, :1] = torch.bmm(by_head(dcls).mT, by_head(qb))
-        dv = _scatter_blocks(torch.bmm(probs.transpose(1, 2), grad), flat, length, num_blocks)
-        dv[:, :1] = torch.bmm(by_head(cls_probs).mT, by_head(grad))
+        mask_shape, cls_mask_shape = ctx.mask_shapes
+        backward = _blocks_backward_cpp if ctx.native else _blocks_backward_torch
+        saved = _Saved(scaled, k, v, flat, (rows, probs, cls_probs))
+        dq_rows, dk, dv, dlogits = backward(grad, saved, ctx.needs_input_grad[4], ctx.block_size)
         # The [CLS] row, through its softmax.
+        grad0 = by_head(grad[:, :, :1])
         drow0 = torch.bmm(grad0, by_head(v).mT).add_(grad_cls_attn.view_as(row0))
         drow0.sub_(torch.linalg.vecdot(drow0, row0).unsqueeze(-1)).mul_(row0)
         dv.baddbmm_(row0.mT, grad0)
         dk.baddbmm_(drow0.mT, by_head(scaled[:, :, :1]))
-        dq = torch.cat([torch.bmm(drow0, by_head(k)), by_head(dq_rows)[:, : length - 1]], dim=1)
-        dmask = dcls_mask = None
-        mask_shape, cls_mask_shape = ctx.mask_shapes
-        if ctx.needs_input_grad[4]:
-            shape = (batch, heads, num_blocks, block_size, -1)
-            dmask = torch.cat([dcls.view(shape), dlogits.view(shape)], dim=-1)
-            dmask = dmask.sum_to_size(mask_shape)
+        dq = torch.cat([torch.bmm(drow0, by_head(k)), dq_rows[:, : length - 1]], dim=1)
+        dmask = None if dlogits is None else dlogits.sum_to_size(mask_shape)
+        dcls_mask = None
         if ctx.needs_input_grad[5]:
             dcls_mask = drow0.view(batch, heads, 1, length).sum_to_size(cls_mask_shape)
         shape = (batch, heads, length, dim)
