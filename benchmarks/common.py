@@ -28,6 +28,7 @@ from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 from svitt.engine.allocator import retain_freed_memory
+from svitt.models import cpu_kernel
 
 
 def pick_device(name: str) -> torch.device:
@@ -149,9 +150,37 @@ _CPU_SDPA = {
 }
 
 
+def _block_matmul_flops(q: Any, key_blocks: Any, block_size: int) -> int:
+    """One [G, d] x [d, K*G] matmul per query block, batch and head."""
+    batch, heads, _, dim = q
+    num_blocks, keys = key_blocks
+    return 2 * batch * heads * num_blocks * block_size * keys * block_size * dim
+
+
+def _cpp_forward_flops(q: Any, k: Any, v: Any, key_blocks: Any, mask: Any, block_size: int,
+                       *args: Any, **kwargs: Any) -> int:  # fmt: skip
+    return 2 * _block_matmul_flops(q, key_blocks, block_size)  # scores, then values
+
+
+def _cpp_backward_flops(grad: Any, q: Any, k: Any, v: Any, key_blocks: Any, *args: Any,
+                        **kwargs: Any) -> int:  # fmt: skip
+    block_size = args[4]  # after probs, cls_probs, rows, with_dlogits
+    return 4 * _block_matmul_flops(q, key_blocks, block_size)  # dP, dQ, dK, dV
+
+
+def _flop_formulas() -> dict[Any, Callable[..., int]]:
+    """Formulas FlopCounterMode lacks: the CPU flash-attention ops and, when it is built, the
+    C++ block-sparse kernel (the same matmuls as the PyTorch-op kernel, which it counts)."""
+    formulas = dict(_CPU_SDPA)
+    if cpu_kernel.available():
+        formulas[torch.ops.svitt_block_sparse.forward] = _cpp_forward_flops
+        formulas[torch.ops.svitt_block_sparse.backward] = _cpp_backward_flops
+    return formulas
+
+
 def count_flops(fn: Callable[[], Any]) -> int:
     """FLOPs of `fn()` (forward and backward if it runs both)."""
-    with FlopCounterMode(display=False, custom_mapping=_CPU_SDPA) as counter:
+    with FlopCounterMode(display=False, custom_mapping=_flop_formulas()) as counter:
         fn()
     return counter.get_total_flops()
 

@@ -10,7 +10,7 @@ import torch
 
 from benchmarks import attention as attention_bench
 from benchmarks import model as model_bench
-from benchmarks.common import peak_memory
+from benchmarks.common import count_flops, peak_memory
 from benchmarks.flex_attention import (
     aligned_block_mask,
     aligned_positions,
@@ -23,6 +23,7 @@ from benchmarks.naive_attention import (
     masked_dense_attention,
     sparse_mask,
 )
+from svitt.models import cpu_kernel
 from svitt.models.attention import block_pattern, sparse_attention
 
 
@@ -72,6 +73,22 @@ def test_aligned_layout_gives_each_block_its_own_tile() -> None:
     assert round((100 - mask.sparsity()) / 100 * 15 * 15) == 15 + 14 * 5
     with pytest.raises(ValueError, match="does not fit"):
         aligned_positions(10, 9, 8, torch.device("cpu"))
+
+
+def test_flops_of_the_cpp_kernel_are_counted_like_the_op_kernel() -> None:
+    assert cpu_kernel.available()
+    key_blocks = block_pattern(8, 1, 3, torch.Generator().manual_seed(0))
+    q, k, v = (torch.randn(1, 2, 1 + 64, 16, requires_grad=True) for _ in "qkv")
+
+    def step() -> None:
+        out, _ = sparse_attention(q, k, v, key_blocks, 8)
+        out.sum().backward()
+
+    cpp = count_flops(step)
+    with cpu_kernel.disabled():
+        ops = count_flops(step)
+    # The same six block matmuls; the op kernel also counts a few [CLS]-key products.
+    assert 0.97 * ops < cpp <= ops
 
 
 def test_sparse_mask_counts_the_pattern() -> None:

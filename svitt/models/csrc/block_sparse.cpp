@@ -291,14 +291,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(
 
 }  // namespace
 
+// Schemas here, CPU kernels below: registered for the CPU key (not as catch-alls), so dispatch
+// modes such as FlopCounterMode see the calls. The autograd Function in
+// svitt/models/attention.py calls them with grad mode off.
 TORCH_LIBRARY(svitt_block_sparse, m) {
   m.def(
       "forward(Tensor q, Tensor k, Tensor v, Tensor key_blocks, Tensor? mask, int block_size"
-      ") -> (Tensor, Tensor, Tensor)",
-      &forward);
+      ") -> (Tensor, Tensor, Tensor)");
   m.def(
       "backward(Tensor grad, Tensor q, Tensor k, Tensor v, Tensor key_blocks, Tensor probs, "
       "Tensor cls_probs, Tensor rows, bool with_dlogits, int block_size) -> "
-      "(Tensor, Tensor, Tensor, Tensor)",
-      &backward);
+      "(Tensor, Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(svitt_block_sparse, CPU, m) {
+  m.impl("forward", &forward);
+  m.impl("backward", &backward);
 }
