@@ -1,10 +1,10 @@
 """The C++ block-sparse attention kernel for the CPU (`csrc/block_sparse.cpp`), built on first use.
 
-`torch.utils.cpp_extension` compiles it once per machine (about 20 s on 2 cores) into
-`<TORCH_EXTENSIONS_DIR or ~/.cache/torch_extensions>/svitt-<torch>-<python>/<name>`; later
-processes load it in milliseconds. `make venv` builds it right after installing, so jobs only
-load it. Concurrent first uses build it once: torch holds an OS-level lock on the build
-directory, which the kernel releases if a builder is killed.
+`torch.utils.cpp_extension` compiles it once per machine and checkout (about 20 s on 2 cores)
+into `<TORCH_EXTENSIONS_DIR or ~/.cache/torch_extensions>/svitt-<torch>-<python>/<name>-<hash
+of the source>`; later processes load it in milliseconds. `make venv` builds it right after
+installing, so jobs only load it. Concurrent first uses build it once: torch holds an OS-level
+lock on the build directory, which the kernel releases if a builder is killed.
 
 It calls the BLAS that torch ships (MKL) through `sgemm_`/`dgemm_`. Where it cannot be built
 (no C++ compiler, no MKL in this torch), `svitt.models.attention` uses its PyTorch-op kernel
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import logging
 import os
 import sys
@@ -34,9 +35,14 @@ ISA_FLAGS = {"AVX2": ["-mavx2", "-mfma"], "AVX512": ["-mavx512f", "-mavx512bw", 
 
 
 def build_directory(name: str) -> Path:
+    """One directory per torch and Python version, and per source file and its content: two
+    checkouts on one machine (a CI clone beside a working tree) never rebuild each other's
+    library while the other has it loaded."""
     root = os.environ.get("TORCH_EXTENSIONS_DIR") or Path.home() / ".cache" / "torch_extensions"
     version = torch.__version__.replace("+", "_")
-    return Path(root) / f"svitt-{version}-py{sys.version_info[0]}{sys.version_info[1]}" / name
+    source = hashlib.sha1(str(SOURCE.resolve()).encode() + SOURCE.read_bytes()).hexdigest()
+    python = f"py{sys.version_info[0]}{sys.version_info[1]}"
+    return Path(root) / f"svitt-{version}-{python}" / f"{name}-{source[:12]}"
 
 
 @functools.cache
@@ -99,5 +105,5 @@ def disabled() -> Iterator[None]:
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     ready = available()
-    where = build_directory("")
+    where = build_directory("").parent
     print(f"C++ block-sparse kernel: {'ready' if ready else 'NOT available'} (built under {where})")

@@ -19,6 +19,7 @@
 #include <initializer_list>
 #include <optional>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 extern "C" {
@@ -103,18 +104,15 @@ struct Mask {
 };
 
 template <typename T>
-Mask<T> make_mask(const std::optional<at::Tensor>& mask) {
+Mask<T> make_mask(const std::optional<at::Tensor>& mask, const Shape& s) {
   Mask<T> out;
   if (mask) {
+    TORCH_CHECK(mask->dim() == 5 && mask->size(4) == 1 + s.width(),
+                "block_sparse: mask must be [B, H, num_blocks, G, 1 + K*G]");
     out.data = mask->data_ptr<T>();
     out.stride = mask->strides().vec();
   }
   return out;
-}
-
-// Keys of gathered column c that are real tokens (the padded tail is skipped).
-int64_t real_columns(const Shape& s, const int64_t* blocks, int64_t j) {
-  return s.rows_in(blocks[j]);
 }
 
 template <typename T>
@@ -129,10 +127,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_impl(
   const int64_t* kb = key_blocks.data_ptr<int64_t>();
   T *rows_p = rows.data_ptr<T>(), *probs_p = probs.data_ptr<T>();
   T* cls_p = cls_probs.data_ptr<T>();
-  const Mask<T> mask = make_mask<T>(mask_tensor);
+  const Mask<T> mask = make_mask<T>(mask_tensor, s);
   for_each_head(s, [&](int64_t b, int64_t h) {
     std::vector<T> kbuf(width * dim), vbuf(width * dim);
-    const int64_t head = (b * s.heads + h);
+    const int64_t head = b * s.heads + h;
     const T *qh = qp + head * s.length * dim, *kh = kp + head * s.length * dim;
     const T* vh = vp + head * s.length * dim;
     for (int64_t i = 0; i < s.num_blocks; ++i) {
@@ -150,7 +148,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_impl(
         if (mask.data) {
           cls_logit += mask.at(b, h, i, r, 0);
           for (int64_t j = 0; j < s.num_keys; ++j) {
-            for (int64_t c = 0; c < real_columns(s, blocks, j); ++c) {
+            for (int64_t c = 0; c < s.rows_in(blocks[j]); ++c) {
               row[j * G + c] += mask.at(b, h, i, r, 1 + j * G + c);
             }
           }
@@ -158,13 +156,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_impl(
         T top = cls_logit;
         for (int64_t j = 0; j < s.num_keys; ++j) {
           const T* part = row + j * G;
-          for (int64_t c = 0; c < real_columns(s, blocks, j); ++c) top = std::max(top, part[c]);
+          for (int64_t c = 0; c < s.rows_in(blocks[j]); ++c) top = std::max(top, part[c]);
         }
         T total = std::exp(cls_logit - top);
         cls[r] = total;
         for (int64_t j = 0; j < s.num_keys; ++j) {
           T* part = row + j * G;
-          const int64_t real = real_columns(s, blocks, j);
+          const int64_t real = s.rows_in(blocks[j]);
           T sum = 0;
           for (int64_t c = 0; c < real; ++c) {
             part[c] = std::exp(part[c] - top);
@@ -285,6 +283,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(
     return backward_impl<double>(grad, q, k, v, key_blocks, probs, cls_probs, rows,
                                  with_dlogits, s);
   }
+  TORCH_CHECK(q.scalar_type() == at::kFloat, "block_sparse: float32 or float64 only");
   return backward_impl<float>(grad, q, k, v, key_blocks, probs, cls_probs, rows, with_dlogits,
                               s);
 }
