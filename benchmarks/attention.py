@@ -41,6 +41,7 @@ from benchmarks.common import (
     write_table,
 )
 from benchmarks.flex_attention import (
+    ALIGNED_TILE,
     aligned_block_mask,
     flex_aligned_attention,
     flex_sparse_attention,
@@ -102,7 +103,7 @@ def flex_tiles(name: str, key_blocks: Tensor, block_size: int, n: int, device: t
     if name == "flex":
         mask = pattern_block_mask(key_blocks, block_size, 1 + n, device)
     else:
-        mask, _ = aligned_block_mask(key_blocks, block_size, n, 64, device)
+        mask, _ = aligned_block_mask(key_blocks, block_size, n, ALIGNED_TILE, device)
     return (
         f"{name} computes {100 - mask.sparsity():.1f}% of the {mask.BLOCK_SIZE[0]} x "
         f"{mask.BLOCK_SIZE[1]} score tiles over {mask.seq_lengths[0]} positions"

@@ -162,9 +162,9 @@ def _cpp_forward_flops(q: Any, k: Any, v: Any, key_blocks: Any, mask: Any, block
     return 2 * _block_matmul_flops(q, key_blocks, block_size)  # scores, then values
 
 
-def _cpp_backward_flops(grad: Any, q: Any, k: Any, v: Any, key_blocks: Any, *args: Any,
-                        **kwargs: Any) -> int:  # fmt: skip
-    block_size = args[4]  # after probs, cls_probs, rows, with_dlogits
+def _cpp_backward_flops(grad: Any, q: Any, k: Any, v: Any, key_blocks: Any, probs: Any,
+                        cls_probs: Any, rows: Any, with_dlogits: bool, block_size: int,
+                        *args: Any, **kwargs: Any) -> int:  # fmt: skip
     return 4 * _block_matmul_flops(q, key_blocks, block_size)  # dP, dQ, dK, dV
 
 

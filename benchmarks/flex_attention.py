@@ -22,11 +22,10 @@ import torch
 from torch import Tensor
 from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
 
-# Kernel tiles equal to the aligned layout's 64-token mask blocks, forward and backward (the
-# defaults are larger than the mask blocks on some torch versions).
-ALIGNED_KERNEL = {
-    name: 64 for name in ("BLOCK_M", "BLOCK_N", "BLOCK_M1", "BLOCK_N1", "BLOCK_M2", "BLOCK_N2")
-}
+ALIGNED_TILE = 64  # tokens per tile of the aligned layout
+# Kernel tiles pinned to the aligned layout's mask blocks, forward and backward (the defaults
+# are larger than the mask blocks on some torch versions).
+KERNEL_TILES = ("BLOCK_M", "BLOCK_N", "BLOCK_M1", "BLOCK_N1", "BLOCK_M2", "BLOCK_N2")
 
 
 def _allowed_blocks(key_blocks: Tensor, device: torch.device) -> Tensor:
@@ -106,7 +105,12 @@ def flex_sparse_attention(
 
 
 def flex_aligned_attention(
-    q: Tensor, k: Tensor, v: Tensor, key_blocks: Tensor, block_size: int, tile: int = 64
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    key_blocks: Tensor,
+    block_size: int,
+    tile: int = ALIGNED_TILE,
 ) -> tuple[Tensor, Tensor]:
     """`flex_sparse_attention` on the tile-aligned layout; same contract."""
     batch, heads, length, dim = q.shape
@@ -115,5 +119,6 @@ def flex_aligned_attention(
     def spread(x: Tensor) -> Tensor:
         return x.new_zeros(batch, heads, mask.seq_lengths[0], dim).index_copy(2, positions, x)
 
-    out = _attend(spread(q), spread(k), spread(v), block_mask=mask, kernel_options=ALIGNED_KERNEL)
+    options = dict.fromkeys(KERNEL_TILES, tile)
+    out = _attend(spread(q), spread(k), spread(v), block_mask=mask, kernel_options=options)
     return out.index_select(2, positions), _cls_attention(q, k)

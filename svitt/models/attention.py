@@ -95,12 +95,12 @@ class _Saved(NamedTuple):
     scaled: Tensor  # q * d^-0.5, [B, H, N, d]
     k: Tensor
     v: Tensor
-    flat: Tensor  # key_blocks.flatten()
+    key_blocks: Tensor  # [num_blocks, K]
     blocks: Blocks
 
 
 def _blocks_forward_torch(
-    scaled: Tensor, k: Tensor, v: Tensor, flat: Tensor, mask: Tensor | None, block_size: int
+    scaled: Tensor, k: Tensor, v: Tensor, key_blocks: Tensor, mask: Tensor | None, block_size: int
 ) -> Blocks:
     """Every query block against its gathered key blocks and the [CLS] key, in PyTorch ops.
 
@@ -109,7 +109,7 @@ def _blocks_forward_torch(
     runs in place.
     """
     batch, heads, _, dim = scaled.shape
-    num_blocks = _num_blocks_of(scaled, block_size)
+    num_blocks, flat = key_blocks.shape[0], key_blocks.flatten()
     by_head = functools.partial(_by_head, batch=batch, heads=heads)
     qb = _blocks(scaled, num_blocks, block_size).reshape(-1, block_size, dim)
     kg, vg = (_gather(x, flat, num_blocks, block_size) for x in (k, v))
@@ -137,9 +137,9 @@ def _blocks_backward_torch(
     """Gradients of the block part: dq rows [BH, nb*G, d] (unscaled), dk, dv [BH, N, d], and
     dL/dlogits [B, H, nb, G, 1 + K*G] ([CLS] key first) if asked for. The backward recomputes
     the gathers and scatters whole key blocks back with one `index_add_`."""
-    scaled, k, v, flat, (rows, probs, cls_probs) = saved
+    scaled, k, v, key_blocks, (rows, probs, cls_probs) = saved
     batch, heads, length, dim = k.shape
-    num_blocks = _num_blocks_of(k, block_size)
+    num_blocks, flat = key_blocks.shape[0], key_blocks.flatten()
     by_head = functools.partial(_by_head, batch=batch, heads=heads)
     qb = _blocks(scaled, num_blocks, block_size).reshape(-1, block_size, dim)
     k_cls, v_cls = by_head(k[:, :, :1]), by_head(v[:, :, :1])
@@ -163,11 +163,10 @@ def _blocks_backward_torch(
 
 
 def _blocks_forward_cpp(
-    scaled: Tensor, k: Tensor, v: Tensor, flat: Tensor, mask: Tensor | None, block_size: int
+    scaled: Tensor, k: Tensor, v: Tensor, key_blocks: Tensor, mask: Tensor | None, block_size: int
 ) -> Blocks:
     """`_blocks_forward_torch` in one C++ pass per query block (`svitt.models.cpu_kernel`)."""
     batch, heads = scaled.shape[:2]
-    key_blocks = flat.view(_num_blocks_of(scaled, block_size), -1)
     if mask is not None:  # the kernel reads it through strides: broadcast dims cost nothing
         mask = mask.expand(batch, heads, key_blocks.shape[0], block_size, mask.shape[-1])
     rows, probs, cls_probs = torch.ops.svitt_block_sparse.forward(
@@ -180,22 +179,17 @@ def _blocks_backward_cpp(
     grad: Tensor, saved: _Saved, with_dlogits: bool, block_size: int
 ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
     """`_blocks_backward_torch` in one C++ pass per query block."""
-    scaled, k, v, flat, blocks = saved
+    scaled, k, v, key_blocks, blocks = saved
     batch, heads = k.shape[:2]
-    num_blocks = _num_blocks_of(k, block_size)
+    num_blocks = key_blocks.shape[0]
     shape = (batch, heads, num_blocks, block_size, -1)
     grad = _blocks(grad, num_blocks, block_size).contiguous().view(shape)
     rows, probs, cls_probs = (x.view(shape) for x in blocks)
     dq_rows, dk, dv, dlogits = torch.ops.svitt_block_sparse.backward(
-        grad, scaled, k, v, flat.view(num_blocks, -1), probs, cls_probs, rows, with_dlogits,
-        block_size,
-    )  # fmt: skip
+        grad, scaled, k, v, key_blocks, probs, cls_probs, rows, with_dlogits, block_size
+    )
     by_head = functools.partial(_by_head, batch=batch, heads=heads)
     return by_head(dq_rows), by_head(dk), by_head(dv), dlogits if with_dlogits else None
-
-
-def _num_blocks_of(x: Tensor, block_size: int) -> int:
-    return -(-(x.shape[2] - 1) // block_size)
 
 
 class _BlockSparse(torch.autograd.Function):
@@ -221,19 +215,18 @@ class _BlockSparse(torch.autograd.Function):
     ) -> tuple[Tensor, Tensor]:
         batch, heads, length, dim = q.shape
         by_head = functools.partial(_by_head, batch=batch, heads=heads)
-        flat = key_blocks.flatten()
         # Contiguous once here (q, k, v come from a rearrange), not in every helper.
         scaled, k, v = (q * dim**-0.5).contiguous(), k.contiguous(), v.contiguous()
         native = q.device.type == "cpu" and q.dtype in _CPP_DTYPES and cpu_kernel.enabled()
         forward = _blocks_forward_cpp if native else _blocks_forward_torch
-        rows, probs, cls_probs = forward(scaled, k, v, flat, mask, block_size)
+        rows, probs, cls_probs = forward(scaled, k, v, key_blocks, mask, block_size)
         # The [CLS] query attends to every key.
         row0 = torch.bmm(by_head(scaled[:, :, :1]), by_head(k).mT)  # [BH, 1, N]
         if cls_mask is not None:
             row0.view(batch, heads, 1, length).add_(cls_mask)
         row0 = row0.softmax(dim=-1)
         out = torch.cat([torch.bmm(row0, by_head(v)), by_head(rows)[:, : length - 1]], dim=1)
-        ctx.save_for_backward(scaled, k, v, flat, probs, cls_probs, rows, row0)
+        ctx.save_for_backward(scaled, k, v, key_blocks, probs, cls_probs, rows, row0)
         ctx.mask_shapes = tuple(None if m is None else m.shape for m in (mask, cls_mask))
         ctx.block_size, ctx.native = block_size, native
         return out.view(q.shape), row0.view(batch, heads, length)
@@ -242,14 +235,14 @@ class _BlockSparse(torch.autograd.Function):
     def backward(  # type: ignore[override]
         ctx: torch.autograd.function.FunctionCtx, grad: Tensor, grad_cls_attn: Tensor
     ) -> tuple[Tensor | None, ...]:
-        scaled, k, v, flat, probs, cls_probs, rows, row0 = ctx.saved_tensors
+        scaled, k, v, key_blocks, probs, cls_probs, rows, row0 = ctx.saved_tensors
         batch, heads, length, dim = k.shape
         # A gradient from `.sum()` is expanded (stride 0); CPU bmm is slow on such views.
         grad, grad_cls_attn = grad.contiguous(), grad_cls_attn.contiguous()
         by_head = functools.partial(_by_head, batch=batch, heads=heads)
         mask_shape, cls_mask_shape = ctx.mask_shapes
         backward = _blocks_backward_cpp if ctx.native else _blocks_backward_torch
-        saved = _Saved(scaled, k, v, flat, (rows, probs, cls_probs))
+        saved = _Saved(scaled, k, v, key_blocks, (rows, probs, cls_probs))
         dq_rows, dk, dv, dlogits = backward(grad, saved, ctx.needs_input_grad[4], ctx.block_size)
         # The [CLS] row, through its softmax.
         grad0 = by_head(grad[:, :, :1])
