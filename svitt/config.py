@@ -50,7 +50,16 @@ class VisionConfig:
     rel_pos_bias: bool = True  # BEiT: relative bias in every layer
     abs_pos_emb: bool = False  # ViT / Frozen-in-Time: learned absolute embedding
     layer_scale_init: float | None = 0.1  # BEiT's gamma_1/gamma_2; None disables
+    # Stochastic depth rate of the last layer, rising linearly from 0 at the first (timm's and
+    # HF's BEiT); the release trains with 0.1.
     drop_path: float = 0.0
+    # What VTC projects: "cls", the [CLS] token after the final norm (the supplement's text);
+    # "mean", BEiT's mean pooling as in the release: a LayerNorm (`fc_norm`) over the mean of
+    # the patch tokens, while `norm` becomes the separate token norm before f_m (the release's
+    # `vision_layernorm`).
+    pool: Literal["cls", "mean"] = "cls"
+    # BEiT's and timm's 1e-6; HF BEiT configs (and so the release) use 1e-12.
+    layer_norm_eps: float = 1e-6
     # Std of the (truncated) normal initialisation of the linear weights of layers trained from
     # scratch. BEiT's 0.02 suits 768-wide layers; a narrow model (the synthetic profile's 96)
     # starts with nearly silent residual branches at 0.02 and learns far more slowly.
@@ -61,6 +70,8 @@ class VisionConfig:
     pos_init_std: float = 0.02
 
     def __post_init__(self) -> None:
+        _check(0.0 <= self.drop_path < 1.0, "drop_path", "a rate in [0, 1)", self.drop_path)
+        _check(self.layer_norm_eps > 0, "layer_norm_eps", "a positive number", self.layer_norm_eps)
         _check(self.init_std > 0, "init_std", "a positive number", self.init_std)
         _check(self.pos_init_std > 0, "pos_init_std", "a positive number", self.pos_init_std)
         _check(
@@ -100,9 +111,11 @@ class TextConfig:
     sep_token_id: int = 102
     mask_token_id: int = 103
     init_std: float = 0.02  # BERT's initializer_range, for layers trained from scratch
+    layer_norm_eps: float = 1e-12  # BERT's
 
     def __post_init__(self) -> None:
         _check(self.init_std > 0, "init_std", "a positive number", self.init_std)
+        _check(self.layer_norm_eps > 0, "layer_norm_eps", "a positive number", self.layer_norm_eps)
         _check(
             0 <= self.cross_depth <= self.depth,
             "cross_depth",
@@ -201,6 +214,9 @@ class ModelConfig:
     # The "twin" loss (data.reversal_negatives): a clip and its time reversal, and their two
     # captions, are pushed below this cosine similarity.
     twin_margin: float = 0.5
+    # The VTM head: "binary", Linear(d, 1) + binary cross-entropy (the supplement's Eq. 14);
+    # "two_way", Linear(d, 2) + cross-entropy over (no match, match), the release's ITM head.
+    vtm_head: Literal["binary", "two_way"] = "binary"
 
     def __post_init__(self) -> None:
         allowed = {"vtc", "vtm", "mlm", "twin"}

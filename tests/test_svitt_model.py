@@ -201,9 +201,9 @@ def test_vtm_uses_no_same_video_negative(monkeypatch):
 
     def record(video_tokens, text_hidden, text_mask):
         pairs.append((video_tokens, text_hidden))
-        return torch.zeros(len(video_tokens), requires_grad=True)
+        return torch.zeros(len(video_tokens), 1, requires_grad=True)
 
-    monkeypatch.setattr(model, "match_logits", record)
+    monkeypatch.setattr(model, "vtm_scores", record)
     video = model.encode_video(batch["video"])
     text = model.encode_text(batch["text_ids"], batch["text_mask"])
     for _ in range(20):
@@ -215,6 +215,7 @@ def test_vtm_uses_no_same_video_negative(monkeypatch):
         same = [ids[v] == ids[t] for v, t in zip(video_row, text_row, strict=True)]
         assert all(same[:4]) and not any(same[4:])  # 4 positives, then only true negatives
         assert len(same) == 12
+    assert len(pairs) == 20
 
 
 def test_mask_tokens_never_masks_special_tokens():
@@ -297,3 +298,56 @@ def test_pos_init_std_sets_the_scale_of_the_absolute_position_embedding():
         assert model.vision.pos_embed.std().item() == pytest.approx(std, rel=0.15)
     with pytest.raises(ConfigError, match="pos_init_std"):
         dataclasses.replace(cfg.vision, pos_init_std=0.0)
+
+
+def test_two_way_vtm_head_is_the_release_itm():
+    torch.manual_seed(0)
+    model = SViTT(small_config(vtm_head="two_way", loss_weights={"vtm": 1.0})).eval()
+    assert model.vtm_head.weight.shape == (2, 24)
+    batch = make_batch(batch=3)
+    video = model.encode_video(batch["video"])
+    text = model.encode_text(batch["text_ids"], batch["text_mask"])
+    mask = batch["text_mask"]
+    fused = model.fuse(video.tokens, text.hidden, mask).hidden[:, 0]
+    scores = fused @ model.vtm_head.weight.T + model.vtm_head.bias
+    # match_logits: one logit per pair, larger = match; two_way: the raw class-1 logit
+    torch.testing.assert_close(model.match_logits(video.tokens, text.hidden, mask), scores[:, 1])
+    # the loss is the 2-class cross-entropy over the positives and the hard negatives
+    picked = []
+    original = model.vtm_scores
+
+    def record(*args):
+        picked.append(original(*args))
+        return picked[-1]
+
+    model.vtm_scores = record
+    loss = model.vtm_loss(video, text, mask, None)
+    labels = torch.tensor([1, 1, 1, 0, 0, 0, 0, 0, 0])
+    torch.testing.assert_close(loss, F.cross_entropy(picked[0], labels))
+
+
+@pytest.mark.parametrize("vtm_head", ["binary", "two_way"])
+def test_vtm_loss_decreases_with_either_head(vtm_head):
+    torch.manual_seed(0)
+    model = SViTT(small_config(vtm_head=vtm_head, loss_weights={"vtm": 1.0}))
+    batch = make_batch()
+    before = evaluate(model, batch)["vtm"]
+    train_steps(model, batch)
+    assert evaluate(model, batch)["vtm"] < before
+
+
+@pytest.mark.parametrize("arch", ["svitt", "singularity"])
+def test_mean_pooling_projects_the_pooler_output(arch):
+    torch.manual_seed(0)
+    vision = dataclasses.replace(small_config().vision, pool="mean")
+    model = create_model(small_config(arch=arch, vision=vision)).eval()
+    batch = make_batch(batch=3)
+    video = model.encode_video(batch["video"])
+    pooled = video.vision.pooled
+    if arch == "singularity":  # one pooled row per frame, averaged over the 4 frames
+        pooled = pooled.view(3, 4, -1).mean(dim=1)
+    expected = F.normalize(model.vision_proj(pooled), dim=-1)
+    torch.testing.assert_close(video.embed, expected)
+    if arch == "singularity":  # the frame mean is exactly order-free
+        shuffled = model.encode_video(batch["video"][:, [2, 0, 3, 1]])
+        assert torch.equal(shuffled.embed, video.embed)

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from svitt.config import ModelConfig, SparsityConfig, VisionConfig
+from svitt.config import ConfigError, ModelConfig, SparsityConfig, VisionConfig
 from svitt.models.vision import VisionTransformer, relative_position_index
 from svitt.sparsity import count_edges
 
@@ -123,12 +123,12 @@ def test_relative_index_matches_timm_for_one_frame():
     assert torch.equal(ours, gen_relative_position_index((h, w)))
 
 
-@pytest.mark.parametrize("abs_pos_emb", [False, True])
-def test_training_step_gives_every_parameter_a_finite_gradient(abs_pos_emb):
-    cfg = dataclasses.replace(TINY, abs_pos_emb=abs_pos_emb, drop_path=0.1)
+@pytest.mark.parametrize(("abs_pos_emb", "pool"), [(False, "cls"), (True, "cls"), (False, "mean")])
+def test_training_step_gives_every_parameter_a_finite_gradient(abs_pos_emb, pool):
+    cfg = dataclasses.replace(TINY, abs_pos_emb=abs_pos_emb, drop_path=0.1, pool=pool)
     model = make(cfg).train()
     out = model.forward_features(clip(cfg))
-    out.tokens.pow(2).mean().backward()
+    (out.tokens.pow(2).mean() + out.pooled.pow(2).mean()).backward()
     for name, param in model.named_parameters():
         assert param.grad is not None, name
         assert torch.isfinite(param.grad).all(), name
@@ -153,3 +153,40 @@ def test_no_weight_decay_names_exist():
     skip = model.no_weight_decay()
     assert {"cls_token", "pos_embed", "blocks.0.attn.relative_position_bias_table"} <= skip
     assert skip <= names.keys()
+
+
+@pytest.mark.parametrize("pool", ["cls", "mean"])
+def test_pooled_output_is_cls_or_normalised_mean_of_kept_patch_tokens(pool):
+    model = make(dataclasses.replace(TINY, pool=pool)).eval()
+    captured = []
+    model.norm.register_forward_hook(lambda module, args, out: captured.append(args[0]))
+    out = model.forward_features(clip())
+    if pool == "cls":
+        assert model.fc_norm is None
+        assert torch.equal(out.pooled, out.tokens[:, 0])
+    else:
+        last = captured[0]  # [B, 1 + 8, D]: [CLS] and the 8 tokens left after pruning
+        assert last.shape == (2, 9, 16)
+        torch.testing.assert_close(out.pooled, model.fc_norm(last[:, 1:].mean(dim=1)))
+        assert not torch.allclose(out.pooled, out.tokens[:, 0])
+
+
+def test_drop_path_rises_linearly_and_is_inactive_in_eval():
+    cfg = dataclasses.replace(TINY, drop_path=0.3)
+    model = make(cfg, sparsity=SparsityConfig())
+    rates = [block.drop_path.rate for block in model.blocks[1:]]
+    assert isinstance(model.blocks[0].drop_path, torch.nn.Identity)  # rate 0 at the first
+    assert rates == pytest.approx([0.1, 0.2, 0.3])
+    plain = make(dataclasses.replace(cfg, drop_path=0.0), sparsity=SparsityConfig())
+    plain.load_state_dict(model.state_dict())
+    video = clip()
+    reference = plain.eval().forward_features(video).tokens
+    torch.testing.assert_close(model.eval().forward_features(video).tokens, reference)
+    torch.testing.assert_close(plain.train().forward_features(video).tokens, reference)
+    torch.manual_seed(0)
+    assert not torch.allclose(model.train().forward_features(video).tokens, reference)
+
+
+def test_drop_path_rate_is_checked():
+    with pytest.raises(ConfigError, match=r"drop_path: got 1\.0; allowed: a rate in \[0, 1\)"):
+        dataclasses.replace(TINY, drop_path=1.0)

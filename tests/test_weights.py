@@ -3,9 +3,11 @@ import dataclasses
 import pytest
 import timm
 import torch
-from transformers import BeitConfig, BeitModel
+import torch.nn.functional as F
+from transformers import BeitConfig, BeitModel, BertConfig, BertModel
 
-from svitt.config import SparsityConfig, VisionConfig
+from svitt.config import ConfigError, SparsityConfig, TextConfig, VisionConfig
+from svitt.models.text import TextEncoder, load_text_weights
 from svitt.models.vision import VisionTransformer
 from svitt.models.weights import load_vision_weights
 
@@ -161,3 +163,76 @@ def test_mismatch_names_the_file_and_the_key(tmp_path):
         load_vision_weights(model, tmp_path / "missing.pth", "beit_timm")
     with pytest.raises(ValueError, match="beit_timm, beit_hf, vit_timm"):
         load_vision_weights(model, path, "clip")
+
+
+def save_hf_beit_release_style(path, eps=1e-12):
+    """A HF BEiT directory like the release's BEiT-B ft22k: eps 1e-12, mean pooling, float32."""
+    cfg = BeitConfig(
+        hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
+        image_size=16, patch_size=4, layer_norm_eps=eps, use_relative_position_bias=True,
+        use_mean_pooling=True, layer_scale_init_value=0.1,
+    )  # fmt: skip
+    ref = randomise(BeitModel(cfg)).eval()
+    ref.save_pretrained(path)
+    return ref
+
+
+def test_hf_beit_eps_1e12_mean_pooling_reproduces_hf_in_float32(tmp_path):
+    ref = save_hf_beit_release_style(tmp_path)
+    cfg = dataclasses.replace(BEIT, layer_norm_eps=1e-12, pool="mean")
+    model = VisionTransformer(cfg, SparsityConfig()).eval()
+    load_vision_weights(model, tmp_path, "beit_hf")
+    x = pixels().float()
+    with torch.no_grad():
+        expected = ref(pixel_values=x[:, 0])
+        out = model.forward_features(x)
+    # The release feeds f_m a fresh LayerNorm (vision_layernorm) of the last hidden state; with
+    # mean pooling HF's last hidden state has no final norm. Our token norm starts fresh too.
+    tokens = F.layer_norm(expected.last_hidden_state, (16,), eps=1e-12)
+    token_diff = (out.tokens - tokens).abs().max().item()
+    pooled_diff = (out.pooled - expected.pooler_output).abs().max().item()
+    print(f"max abs diff: tokens {token_diff:.2e}, pooled {pooled_diff:.2e}")
+    assert token_diff < 1e-5 and pooled_diff < 1e-5
+    # At the old hard-coded eps the same weights drift by far more than float32 rounding.
+    loose = VisionTransformer(dataclasses.replace(BEIT, pool="mean"), SparsityConfig()).eval()
+    loose.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        drift = (loose.forward_features(x).pooled - expected.pooler_output).abs().max().item()
+    assert drift > 10 * pooled_diff
+
+
+def test_hf_beit_eps_mismatch_is_refused_naming_both_values(tmp_path):
+    save_hf_beit_release_style(tmp_path)
+    model = VisionTransformer(dataclasses.replace(BEIT, pool="mean"), SparsityConfig())
+    with pytest.raises(ConfigError, match=r"model\.vision\.layer_norm_eps: got 1e-06.* has 1e-12"):
+        load_vision_weights(model, tmp_path, "beit_hf")
+    deeper = dataclasses.replace(BEIT, depth=3, layer_norm_eps=1e-12)
+    with pytest.raises(ConfigError, match=r"model\.vision\.depth: got 3.* has 2"):
+        load_vision_weights(VisionTransformer(deeper, SparsityConfig()), tmp_path, "beit_hf")
+
+
+def test_mean_pooling_needs_the_pooler_norm(tmp_path):
+    ref = hf_beit()  # [CLS] pooling: a final layernorm, no pooler norm
+    ref.save_pretrained(tmp_path)
+    model = VisionTransformer(dataclasses.replace(BEIT, pool="mean"), SparsityConfig())
+    with pytest.raises(ValueError, match=r"no weights for 'fc_norm\.weight'.*pool"):
+        load_vision_weights(model, tmp_path, "beit_hf")
+
+
+def test_bert_eps_mismatch_is_refused_naming_both_values(tmp_path):
+    BertModel(BertConfig(
+        vocab_size=40, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=64, layer_norm_eps=1e-5,
+    )).save_pretrained(tmp_path)  # fmt: skip
+    text = TextConfig(
+        vocab_size=40, dim=32, depth=2, cross_depth=0, heads=4, mlp_dim=64, max_positions=16,
+        pad_token_id=0, cls_token_id=1, sep_token_id=2, mask_token_id=3,
+    )  # fmt: skip
+    encoder = TextEncoder(text, SparsityConfig(), video_dim=32)
+    with pytest.raises(ConfigError, match=r"model\.text\.layer_norm_eps: got 1e-12.* has 1e-05"):
+        load_text_weights(encoder, tmp_path)
+    matching = TextEncoder(
+        dataclasses.replace(text, layer_norm_eps=1e-5), SparsityConfig(), 32, mlm_head=False
+    )
+    assert load_text_weights(matching, tmp_path) == []
+    assert matching.layers[0].output.LayerNorm.eps == 1e-5

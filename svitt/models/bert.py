@@ -3,8 +3,8 @@
 Why not transformers' own classes: importing `transformers.models.bert.modeling_bert` pulls in
 torch._dynamo and much of transformers, seconds per process, which every short `svitt` CLI job
 paid. These modules compute the same functions (post-LayerNorm residual sublayers, exact GELU,
-LayerNorm eps 1e-12, hidden and attention-probability dropout 0.1; checked against transformers
-in tests/test_text.py) and keep its state-dict names (`attention.self.query`,
+LayerNorm eps 1e-12 unless given, hidden and attention-probability dropout 0.1; checked against
+transformers in tests/test_text.py) and keep its state-dict names (`attention.self.query`,
 `attention.output.LayerNorm`, `intermediate.dense`, `predictions.transform.dense`, ...), so BERT
 checkpoints load by a prefix rename and checkpoints of the transformers-based modules unchanged.
 
@@ -60,12 +60,13 @@ class BertEmbeddings(nn.Module):
         max_positions: int,
         pad_token_id: int,
         dropout: float = DROPOUT,
+        eps: float = LAYER_NORM_EPS,
     ) -> None:
         super().__init__()
         self.word_embeddings = nn.Embedding(vocab_size, dim, padding_idx=pad_token_id)
         self.position_embeddings = nn.Embedding(max_positions, dim)
         self.token_type_embeddings = nn.Embedding(TYPE_VOCAB_SIZE, dim)
-        self.LayerNorm = nn.LayerNorm(dim, eps=LAYER_NORM_EPS)
+        self.LayerNorm = nn.LayerNorm(dim, eps=eps)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, ids: Tensor) -> Tensor:
@@ -134,10 +135,12 @@ class ResidualNorm(nn.Module):
     """BERT's post-norm sublayer output, `LayerNorm(dropout(dense(x)) + residual)`
     (`BertSelfOutput` after attention, `BertOutput` after the feed-forward)."""
 
-    def __init__(self, dim_in: int, dim: int, dropout: float = DROPOUT) -> None:
+    def __init__(
+        self, dim_in: int, dim: int, dropout: float = DROPOUT, eps: float = LAYER_NORM_EPS
+    ) -> None:
         super().__init__()
         self.dense = nn.Linear(dim_in, dim)
-        self.LayerNorm = nn.LayerNorm(dim, eps=LAYER_NORM_EPS)
+        self.LayerNorm = nn.LayerNorm(dim, eps=eps)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: Tensor, residual: Tensor) -> Tensor:
@@ -155,10 +158,11 @@ class AttentionBlock(nn.Module):
         context_dim: int | None = None,
         causal: bool = False,
         dropout: float = DROPOUT,
+        eps: float = LAYER_NORM_EPS,
     ) -> None:
         super().__init__()
         self.self = Attention(dim, heads, context_dim=context_dim, causal=causal, dropout=dropout)
-        self.output = ResidualNorm(dim, dim, dropout)
+        self.output = ResidualNorm(dim, dim, dropout, eps)
 
     def forward(
         self, x: Tensor, mask: Tensor | None = None, context: Tensor | None = None
@@ -183,16 +187,17 @@ class BertLayer(nn.Module):
         video_dim: int | None = None,
         causal: bool = False,
         dropout: float = DROPOUT,
+        eps: float = LAYER_NORM_EPS,
     ) -> None:
         super().__init__()
-        self.attention = AttentionBlock(dim, heads, causal=causal, dropout=dropout)
+        self.attention = AttentionBlock(dim, heads, causal=causal, dropout=dropout, eps=eps)
         self.crossattention = (
             None
             if video_dim is None
-            else AttentionBlock(dim, heads, context_dim=video_dim, dropout=dropout)
+            else AttentionBlock(dim, heads, context_dim=video_dim, dropout=dropout, eps=eps)
         )
         self.intermediate = nn.Sequential(OrderedDict(dense=nn.Linear(dim, mlp_dim), act=nn.GELU()))
-        self.output = ResidualNorm(mlp_dim, dim, dropout)
+        self.output = ResidualNorm(mlp_dim, dim, dropout, eps)
 
     def forward(
         self,
@@ -215,13 +220,13 @@ class LMPredictionHead(nn.Module):
     """Dense, GELU, LayerNorm, then the vocabulary projection `decoder`, whose bias is also
     registered as `bias` (the checkpoints' name of BERT's output-only bias)."""
 
-    def __init__(self, dim: int, vocab_size: int) -> None:
+    def __init__(self, dim: int, vocab_size: int, eps: float = LAYER_NORM_EPS) -> None:
         super().__init__()
         self.transform = nn.Sequential(
             OrderedDict(
                 dense=nn.Linear(dim, dim),
                 act=nn.GELU(),
-                LayerNorm=nn.LayerNorm(dim, eps=LAYER_NORM_EPS),
+                LayerNorm=nn.LayerNorm(dim, eps=eps),
             )
         )
         self.decoder = nn.Linear(dim, vocab_size)
@@ -237,9 +242,9 @@ class BertOnlyMLMHead(nn.Module):
     The projection is BERT's tied one: call `tie` after initialisation.
     """
 
-    def __init__(self, dim: int, vocab_size: int) -> None:
+    def __init__(self, dim: int, vocab_size: int, eps: float = LAYER_NORM_EPS) -> None:
         super().__init__()
-        self.predictions = LMPredictionHead(dim, vocab_size)
+        self.predictions = LMPredictionHead(dim, vocab_size, eps)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.predictions(x)

@@ -5,15 +5,18 @@ the architecture:
 
     encode_video(video) -> VideoEncoding         tokens for f_m, L2-normalised embedding
     encode_text(ids, mask) -> TextEncoding       text-only states for f_m, embedding
-    match_logits(video_tokens, text_hidden, text_mask) -> [B]   VTM logit of "match"
+    match_logits(video_tokens, text_hidden, text_mask) -> [B]   VTM logit of "match": one
+                                                 per pair, larger = match (two_way: the raw
+                                                 class-1 logit)
     fuse(video_tokens, text_hidden, text_mask, positions) -> FusionOutput  (kept tokens)
     has_matching_head                            False: retrieval by cosine similarity only
     forward(batch, gather) -> {"vtc", "vtm", "mlm", "twin", "loss"}
     no_weight_decay() -> set[str]
 
 Losses (supplement A.3): VTC is InfoNCE both ways over the (optionally globally gathered)
-batch; VTM is binary cross-entropy on the multimodal [CLS] with one hard negative per video and
-per text drawn from the similarity softmax; MLM masks `mlm_probability` of the text tokens.
+batch; VTM is binary cross-entropy on the multimodal [CLS] (`vtm_head: two_way`: the
+release's 2-class cross-entropy) with one hard negative per video and per text drawn from the
+similarity softmax; MLM masks `mlm_probability` of the text tokens.
 The twin loss (not in the paper) keeps time-reversed twins apart (`twin_loss`).
 """
 
@@ -159,7 +162,8 @@ class SViTT(nn.Module):
             self.text_proj = nn.Linear(cfg.text.dim, cfg.embed_dim)
             self.temp = nn.Parameter(torch.tensor(cfg.temperature))
             if self.has_matching_head:
-                self.vtm_head = nn.Linear(cfg.text.dim, 1)
+                classes = 2 if cfg.vtm_head == "two_way" else 1
+                self.vtm_head = nn.Linear(cfg.text.dim, classes)
 
     def build_vision(self, cfg: ModelConfig) -> VisionTransformer:
         return VisionTransformer(cfg.vision, cfg.sparsity)
@@ -175,8 +179,21 @@ class SViTT(nn.Module):
 
     def encode_video(self, video: Tensor) -> VideoEncoding:
         tokens, positions, out = self.forward_video(video)
-        embed = F.normalize(self.vision_proj(tokens[:, 0]), dim=-1)
+        embed = F.normalize(self.vision_proj(self.video_feature(tokens, out)), dim=-1)
         return VideoEncoding(tokens=tokens, embed=embed, positions=positions, vision=out)
+
+    def video_feature(self, tokens: Tensor, out: VisionOutput) -> Tensor:
+        """[B, Dv], what VTC projects: the [CLS] slot of `tokens` (`pool: cls`) or the pooler's
+        output (`pool: mean`); a frame-level encoder's pooled frames are averaged."""
+        if self.cfg.vision.pool == "cls":
+            return tokens[:, 0]
+        pooled = out.pooled
+        if len(pooled) != len(tokens):  # one row per frame (singularity)
+            pooled = pooled.view(len(tokens), -1, pooled.shape[-1])
+            # Each feature sorted over frames first: the mean then does not depend on the
+            # frame order to the last bit.
+            pooled = pooled.sort(dim=1).values.mean(dim=1)
+        return pooled
 
     def encode_text(self, ids: Tensor, mask: Tensor) -> TextEncoding:
         hidden = self.text.forward_text(ids, mask)
@@ -193,10 +210,17 @@ class SViTT(nn.Module):
         """`f_m` on paired rows; `positions` labels the kept tokens (see FusionOutput)."""
         return self.text.forward_multimodal(text_hidden, text_mask, video_tokens, positions)
 
-    def match_logits(self, video_tokens: Tensor, text_hidden: Tensor, text_mask: Tensor) -> Tensor:
-        """VTM logit [B] that row i of the video tokens matches row i of the text."""
+    def vtm_scores(self, video_tokens: Tensor, text_hidden: Tensor, text_mask: Tensor) -> Tensor:
+        """VTM head output on the multimodal [CLS]: [B, 1] (binary) or [B, 2] (two_way:
+        no match, match)."""
         fused = self.fuse(video_tokens, text_hidden, text_mask)
-        return self.vtm_head(fused.hidden[:, 0]).squeeze(-1)
+        return self.vtm_head(fused.hidden[:, 0])
+
+    def match_logits(self, video_tokens: Tensor, text_hidden: Tensor, text_mask: Tensor) -> Tensor:
+        """VTM logit [B] that row i of the video tokens matches row i of the text; larger =
+        match. Binary: the head's logit; two_way: the raw class-1 logit (the release ranks by
+        it). Either way the head's last column."""
+        return self.vtm_scores(video_tokens, text_hidden, text_mask)[:, -1]
 
     def forward(self, batch: dict[str, Tensor], gather: Gather = identity) -> dict[str, Tensor]:
         """Pre-training losses of one batch; loss weights from `ModelConfig.loss_weights`.
@@ -237,7 +261,8 @@ class SViTT(nn.Module):
     def vtm_loss(
         self, video: VideoEncoding, text: TextEncoding, mask: Tensor, video_ids: Tensor | None
     ) -> Tensor:
-        """BCE over the B positive pairs and one hard negative per video and per text (Eq. 14)."""
+        """BCE (two_way: 2-class cross-entropy) over the B positive pairs and one hard negative
+        per video and per text (Eq. 14)."""
         batch = len(mask)
         with torch.no_grad():
             similarity = video.embed @ text.embed.T / self.temp
@@ -247,13 +272,15 @@ class SViTT(nn.Module):
         rows = torch.arange(batch, device=mask.device)
         video_index = torch.cat([rows, rows[video_valid], video_for_text[text_valid]])
         text_index = torch.cat([rows, text_for_video[video_valid], rows[text_valid]])
-        logits = self.match_logits(
+        scores = self.vtm_scores(
             video.tokens[video_index], text.hidden[text_index], mask[text_index]
         )
-        if len(logits) == batch:  # one video only (a last or shrunk batch): nothing to contrast
-            return logits.sum() * 0.0
-        labels = (torch.arange(len(logits), device=logits.device) < batch).to(logits.dtype)
-        return F.binary_cross_entropy_with_logits(logits, labels)
+        if len(scores) == batch:  # one video only (a last or shrunk batch): nothing to contrast
+            return scores.sum() * 0.0
+        matches = torch.arange(len(scores), device=scores.device) < batch
+        if self.cfg.vtm_head == "two_way":
+            return F.cross_entropy(scores, matches.long())
+        return F.binary_cross_entropy_with_logits(scores[:, -1], matches.to(scores.dtype))
 
     def mlm_loss(self, video: VideoEncoding, ids: Tensor, mask: Tensor) -> Tensor:
         """Cross-entropy on the masked tokens, predicted from the masked text and the video."""

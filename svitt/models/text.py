@@ -103,14 +103,17 @@ class TextEncoder(nn.Module):
                     f"indices in [0, {self.num_cross_layers - 1}] (text.cross_depth="
                     f"{cfg.cross_depth})"
                 )
+        eps = cfg.layer_norm_eps
         self.embeddings = BertEmbeddings(
-            cfg.vocab_size, cfg.dim, cfg.max_positions, cfg.pad_token_id
+            cfg.vocab_size, cfg.dim, cfg.max_positions, cfg.pad_token_id, eps=eps
         )
         self.layers = nn.ModuleList(
-            BertLayer(cfg.dim, cfg.heads, cfg.mlp_dim, video_dim=video_dim if cross else None)
+            BertLayer(
+                cfg.dim, cfg.heads, cfg.mlp_dim, video_dim=video_dim if cross else None, eps=eps
+            )
             for cross in [False] * self.num_text_layers + [True] * self.num_cross_layers
         )
-        self.mlm_head = BertOnlyMLMHead(cfg.dim, cfg.vocab_size) if mlm_head else None
+        self.mlm_head = BertOnlyMLMHead(cfg.dim, cfg.vocab_size, eps) if mlm_head else None
         self.apply(partial(init_bert_weights, std=cfg.init_std))
         if self.mlm_head is not None:
             self.mlm_head.tie(self.embeddings)
@@ -207,11 +210,12 @@ def bert_state_dict(path: str | Path, cfg: TextConfig) -> dict[str, Tensor]:
         ("heads", config["num_attention_heads"]),
         ("mlp_dim", config["intermediate_size"]),
         ("vocab_size", config["vocab_size"]),
+        ("layer_norm_eps", config.get("layer_norm_eps", 1e-12)),  # BERT's, when not written
     ):
         if getattr(cfg, field) != theirs:
             raise ConfigError(
                 f"model.text.{field}: got {getattr(cfg, field)}; the BERT checkpoint at {path} "
-                f"has {theirs}"
+                f"has {theirs} (config.json); set model.text.{field}: {theirs}"
             )
     if config["num_hidden_layers"] < cfg.depth:
         raise ConfigError(

@@ -28,13 +28,12 @@ from svitt.models.attention import (
 from svitt.models.order import token_order
 from svitt.sparsity import keep_count
 
-LAYER_NORM_EPS = 1e-6
-
 
 @dataclass
 class VisionOutput:
-    tokens: Tensor  # [B, 1 + n, D] after the final norm, [CLS] first
+    tokens: Tensor  # [B, 1 + n, D] after the final (token) norm, [CLS] first
     positions: Tensor  # [B, n] long: raster index t*H*W + h*W + w of each kept token
+    pooled: Tensor | None = None  # [B, D] the pooler's output: see VisionConfig.pool
     kept: list[Tensor] = field(default_factory=list)  # per pruning step: [B, n_kept]
     scores: list[Tensor] = field(default_factory=list)  # per pruning step: [B, n_before]
     scored_positions: list[Tensor] = field(default_factory=list)  # raster index of each score
@@ -182,10 +181,10 @@ class Block(nn.Module):
         self, cfg: VisionConfig, sparsity: SparsityConfig, layer: int, drop_path: float
     ) -> None:
         super().__init__()
-        self.norm1 = nn.LayerNorm(cfg.dim, eps=LAYER_NORM_EPS)
+        self.norm1 = nn.LayerNorm(cfg.dim, eps=cfg.layer_norm_eps)
         self.attn = Attention(cfg, sparsity, layer)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-        self.norm2 = nn.LayerNorm(cfg.dim, eps=LAYER_NORM_EPS)
+        self.norm2 = nn.LayerNorm(cfg.dim, eps=cfg.layer_norm_eps)
         self.mlp = Mlp(cfg.dim, int(cfg.dim * cfg.mlp_ratio))
         scale = cfg.layer_scale_init
         self.gamma_1 = nn.Parameter(torch.full((cfg.dim,), scale)) if scale else None
@@ -203,7 +202,12 @@ class Block(nn.Module):
 
 
 class VisionTransformer(nn.Module):
-    """SViTT's visual encoder f_v; `forward_features` returns a `VisionOutput`."""
+    """SViTT's visual encoder f_v; `forward_features` returns a `VisionOutput`.
+
+    `norm` normalises every output token. With `pool: cls` the pooled output is the normalised
+    [CLS]; with `pool: mean` it is `fc_norm(mean of the patch tokens)` (timm's and HF's BEiT
+    mean pooling), and `norm` is the release's separate `vision_layernorm` for f_m's input.
+    """
 
     def __init__(self, cfg: VisionConfig, sparsity: SparsityConfig) -> None:
         super().__init__()
@@ -226,7 +230,8 @@ class VisionTransformer(nn.Module):
         self.blocks = nn.ModuleList(
             Block(cfg, sparsity, layer, rate) for layer, rate in enumerate(rates)
         )
-        self.norm = nn.LayerNorm(cfg.dim, eps=LAYER_NORM_EPS)
+        self.norm = nn.LayerNorm(cfg.dim, eps=cfg.layer_norm_eps)
+        self.fc_norm = nn.LayerNorm(cfg.dim, eps=cfg.layer_norm_eps) if cfg.pool == "mean" else None
         self.register_buffer("order", token_order(cfg.grid, sparsity.token_order), persistent=False)
         self.apply(self._init_weights)
         for name, param in self.named_parameters():
@@ -303,4 +308,8 @@ class VisionTransformer(nn.Module):
                 out.kept.append(positions)
         out.tokens = self.norm(x)
         out.positions = positions.expand(batch, -1)
+        if self.fc_norm is None:
+            out.pooled = out.tokens[:, 0]
+        else:
+            out.pooled = self.fc_norm(x[:, 1:].mean(dim=1))
         return out

@@ -3,11 +3,14 @@
 Like timm's `checkpoint_filter_fn`: rename the format's keys to ours (timm BEiT names), drop
 buffers and classifier heads, resize the spatial grid of the bias tables / absolute embedding
 to this model's, inflate 2D -> 3D (`inflate.py`), then load strictly. Any key or shape that
-still disagrees is an error naming the file and the first such key. Nothing is downloaded.
+still disagrees is an error naming the file and the first such key. A HF directory's
+`config.json` is checked against the model config first (LayerNorm eps and sizes), since a
+wrong eps loads silently and shifts every output. Nothing is downloaded.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from pathlib import Path
@@ -17,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from svitt.config import ConfigError, VisionConfig
 from svitt.models.inflate import CLS_ROWS, inflate_state_dict
 from svitt.models.vision import VisionTransformer
 
@@ -83,6 +87,27 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     return state
 
 
+def check_hf_beit_config(path: Path, cfg: VisionConfig) -> None:
+    """A HF BEiT directory's config.json against `cfg`: one line naming both values and the key."""
+    config = json.loads((path / "config.json").read_text())
+    mlp = config.get("intermediate_size")
+    theirs_by_field = {
+        "layer_norm_eps": config.get("layer_norm_eps"),
+        "dim": config.get("hidden_size"),
+        "depth": config.get("num_hidden_layers"),
+        "heads": config.get("num_attention_heads"),
+        "mlp_ratio": None if mlp is None else mlp / config.get("hidden_size", cfg.dim),
+        "patch_size": config.get("patch_size"),
+    }
+    for field, theirs in theirs_by_field.items():
+        ours = getattr(cfg, field)
+        if theirs is not None and theirs != ours:
+            raise ConfigError(
+                f"model.vision.{field}: got {ours}; the BEiT checkpoint at {path} has {theirs} "
+                f"(config.json); set model.vision.{field}: {theirs}"
+            )
+
+
 def _from_hf_beit(state: dict[str, Tensor]) -> dict[str, Tensor]:
     renamed: dict[str, Tensor] = {}
     for key, value in state.items():
@@ -147,12 +172,18 @@ def _resize_rel_table(table: Tensor, src: int, dst: tuple[int, int]) -> Tensor:
 def _fit_to_model(
     state: dict[str, Tensor], model: VisionTransformer, path: Path
 ) -> dict[str, Tensor]:
-    """Drop unused keys, use the pooling norm as the final norm, resize and inflate."""
+    """Drop unused keys, place the pooling norm, resize and inflate."""
     state = {k: v for k, v in state.items() if not _DROP.search(k)}
-    fc_norm = {k[3:]: state.pop(k) for k in list(state) if k.startswith("fc_norm.")}
-    # Mean-pooling checkpoints (BEiT ft22k) normalise through fc_norm; norm is an identity.
-    if "norm.weight" not in state:
-        state.update(fc_norm)
+    if model.cfg.pool == "mean":
+        # The token norm before f_m is the release's `vision_layernorm`, which no image
+        # checkpoint holds: without one it keeps its initialisation, as in the release.
+        for key, value in model.norm.state_dict().items():
+            state.setdefault(f"norm.{key}", value)
+    else:
+        fc_norm = {k[3:]: state.pop(k) for k in list(state) if k.startswith("fc_norm.")}
+        # Mean-pooling checkpoints (BEiT ft22k) normalise through fc_norm; norm is an identity.
+        if "norm.weight" not in state:
+            state.update(fc_norm)
     frames, h, w = model.cfg.grid
     for key, value in state.items():
         if key.endswith("relative_position_bias_table"):
@@ -172,6 +203,8 @@ def load_vision_weights(model: VisionTransformer, path: str | Path, fmt: Weights
     if fmt not in FORMATS:
         raise ValueError(f"vision weights format {fmt!r}; allowed: {', '.join(FORMATS)}")
     path = Path(path)
+    if fmt == "beit_hf" and (path / "config.json").is_file():
+        check_hf_beit_config(path, model.cfg)
     state = read_state_dict(path)
     if fmt == "beit_hf":
         state = _from_hf_beit(state)
@@ -183,7 +216,7 @@ def load_vision_weights(model: VisionTransformer, path: str | Path, fmt: Weights
     if missing:
         raise ValueError(
             f"{path} ({fmt}): no weights for {missing[0]!r} ({len(missing)} keys missing); "
-            f"check vision.rel_pos_bias / abs_pos_emb / layer_scale_init / depth"
+            f"check vision.rel_pos_bias / abs_pos_emb / layer_scale_init / depth / pool"
         )
     unexpected = [k for k in state if k not in target]
     if unexpected:
