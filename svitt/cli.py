@@ -20,6 +20,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "finetune-retrieval": ("svitt.engine.retrieval", "fine-tune, then evaluate retrieval"),
     "finetune-qa": ("svitt.engine.qa", "fine-tune the answer decoder, then evaluate QA"),
     "eval-qa": ("svitt.engine.qa", "evaluate video QA by ranking the answer list"),
+    "import-checkpoint": (
+        "svitt.engine.import_checkpoint",
+        "convert a release or Singularity checkpoint into an svitt checkpoint",
+    ),
     "table": ("svitt.report.tables", "write one of the supplement's tables from metrics files"),
     "figure": ("svitt.report.figures", "draw one of the supplement's figures"),
 }

@@ -108,7 +108,7 @@ def check_hf_beit_config(path: Path, cfg: VisionConfig) -> None:
             )
 
 
-def _from_hf_beit(state: dict[str, Tensor]) -> dict[str, Tensor]:
+def hf_beit_to_timm(state: dict[str, Tensor]) -> dict[str, Tensor]:
     renamed: dict[str, Tensor] = {}
     for key, value in state.items():
         for pattern, repl in _HF_RENAMES:
@@ -207,7 +207,7 @@ def load_vision_weights(model: VisionTransformer, path: str | Path, fmt: Weights
         check_hf_beit_config(path, model.cfg)
     state = read_state_dict(path)
     if fmt == "beit_hf":
-        state = _from_hf_beit(state)
+        state = hf_beit_to_timm(state)
     elif fmt == "vit_timm":
         state = _from_timm_vit(state)
     state = _fit_to_model(state, model, path)
