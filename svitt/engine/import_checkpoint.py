@@ -37,21 +37,29 @@ formats:
 The run config must match the release's model: model.vision.pool: mean,
 model.vision.layer_norm_eps and model.text.layer_norm_eps: 1.0e-12, model.vtm_head: two_way
 (the paper profile sets them), and the release's sizes (BEiT-B/16, BERT-base with 3
-multimodal layers). The clip length is read off the checkpoint's relative bias table.
+multimodal layers); the vocabulary size comes from data.tokenizer, as in every stage. The
+clip length is read off the checkpoint's relative bias table and recorded in DST, so
+`--init-from DST` inflates it to the run's clip length.
 """
 
 
 def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = FORMATS_HELP
-    parser.add_argument("src", type=Path, help="the checkpoint to import")
+    parser.add_argument("src", metavar="SRC", type=Path, help="the checkpoint to import")
     parser.add_argument(
         "--format", required=True, choices=["release"], help="the layout of SRC (see below)"
     )
     parser.add_argument(
-        "--config", required=True, type=Path, help="run config whose model section fits SRC"
+        "--config",
+        required=True,
+        type=Path,
+        metavar="RUN_CONFIG",
+        help="run config whose model section fits SRC",
     )
-    parser.add_argument("--out", required=True, type=Path, help="the svitt checkpoint to write")
+    parser.add_argument(
+        "--out", required=True, type=Path, metavar="DST", help="the svitt checkpoint to write"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
