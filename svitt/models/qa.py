@@ -21,11 +21,15 @@ from torch import Tensor, nn
 from svitt.config import ClipEnsemble, ConfigError, ModelConfig
 from svitt.models.bert import BertEmbeddings, BertLayer, BertOnlyMLMHead, init_bert_weights
 from svitt.models.clips import ensemble_clip_scores, split_clips
-from svitt.models.singularity import Singularity
+from svitt.models.singularity import Singularity, SingularityTemporal
 from svitt.models.svitt import SViTT
 from svitt.models.text import IGNORE_INDEX, additive_mask
 
-ENCODERS: dict[str, type[SViTT]] = {"svitt": SViTT, "singularity": Singularity}
+ENCODERS: dict[str, type[SViTT]] = {
+    "svitt": SViTT,
+    "singularity": Singularity,
+    "singularity_temporal": SingularityTemporal,
+}
 
 
 class VideoQA(nn.Module):
