@@ -103,9 +103,13 @@ def shuffled_outputs(model: SViTT, batch: dict, order: list[int]) -> dict[str, t
     }
 
 
-def test_singularity_is_exactly_invariant_to_frame_order():
+@pytest.mark.parametrize("arch", ["singularity", "singularity_temporal"])
+def test_only_the_frame_mean_baseline_is_invariant_to_frame_order(arch):
+    """`singularity` gives bit-identical outputs for shuffled frames; `singularity_temporal`
+    sees the order. At its initialisation (temporal embedding std 0.02) the change is small,
+    ~1e-5, but far above float64 rounding (~1e-16)."""
     torch.manual_seed(0)
-    cfg = small_config("singularity", visual_keep_rate=0.75, cross_keep_rate=0.5)
+    cfg = small_config(arch, visual_keep_rate=0.75, cross_keep_rate=0.5)
     model = create_model(cfg).double().eval()
     batch = make_batch()
     batch["video"] = batch["video"].double()
@@ -114,7 +118,11 @@ def test_singularity_is_exactly_invariant_to_frame_order():
         for order in ([2, 0, 3, 1], [3, 2, 1, 0]):
             shuffled = shuffled_outputs(model, batch, order)
             for key in normal:
-                assert torch.equal(normal[key], shuffled[key]), key
+                change = (normal[key] - shuffled[key]).abs().max()
+                if arch == "singularity":
+                    assert change == 0, key
+                elif key in ("embed", "vtm"):
+                    assert change > 1e-8, key
 
 
 def test_singularity_temporal_shapes_and_parameters():
@@ -136,25 +144,8 @@ def test_singularity_temporal_shapes_and_parameters():
         model.encode_video(batch["video"][:, :2])
 
 
-def test_singularity_temporal_sees_frame_order():
-    """The control of the frame-mean baseline's exact invariance: shuffled frames change the
-    temporal variant's embedding and VTM score. At initialisation (temporal embedding std
-    0.02) the change is small, ~1e-5, but far above float64 rounding (~1e-16)."""
-    torch.manual_seed(0)
-    cfg = small_config("singularity_temporal", visual_keep_rate=0.75, cross_keep_rate=0.5)
-    model = create_model(cfg).double().eval()
-    batch = make_batch()
-    batch["video"] = batch["video"].double()
-    with torch.no_grad():
-        normal = shuffled_outputs(model, batch, [0, 1, 2, 3])
-        for order in ([2, 0, 3, 1], [3, 2, 1, 0]):
-            shuffled = shuffled_outputs(model, batch, order)
-            assert (normal["embed"] - shuffled["embed"]).abs().max() > 1e-8
-            assert (normal["vtm"] - shuffled["vtm"]).abs().max() > 1e-8
-
-
 def test_svitt_is_not_invariant_to_frame_order():
-    """The control of the test above: a space-time model does see the order."""
+    """The control of the baseline's invariance: a space-time model does see the order."""
     torch.manual_seed(0)
     cfg = small_config("svitt")
     # At BEiT's initialisation (weights std 0.02, bias std 0.02) the order moves the embedding
