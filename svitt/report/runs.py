@@ -8,7 +8,8 @@ A run is a path under `results/<profile>/runs/`:
     finetune-qa/<variant>/T<frames>/<dataset>[/<probe>]
     tokens/<variant>/T<frames>/<dataset>
 
-`<variant>` is `<arch>-<sparsity>[-<order>]` (`singularity` alone: frame-level, no sparsity);
+`<variant>` is `<arch>-<sparsity>[-<order>]` (`singularity`, `singularity_temporal` alone:
+frame-level, no sparsity);
 `<probe>` is `normal`, `shuffle`, `reverse` or `keep<q_v>`. The Snakefile and the report code
 both derive paths from here, so a table always reads exactly the runs the DAG produced.
 A run's config is the profile's `run` section, then its architecture's settings, then the
@@ -25,11 +26,10 @@ from functools import reduce
 from pathlib import Path
 from typing import Any
 
-from svitt.config import load_config, merge
+from svitt.config import FRAME_LEVEL_ARCHS, load_config, merge
 from svitt.report.specs import SparsityRow, SpecError, load_sparsity_table, load_spec
 
-ARCHS = ("svitt", "frozen", "singularity")
-FRAME_LEVEL_ARCHS = ("singularity",)  # encode frames separately: no space-time sparsity
+ARCHS = ("svitt", "frozen", "singularity", "singularity_temporal")
 ORDERS = ("raster", "morton", "hilbert")
 TASKS = ("pretrain", "zero-shot", "finetune-retrieval", "finetune-qa", "tokens")
 # The paper's G counts tokens of 14x14-patch frames; smaller frames scale G so that a block
@@ -300,10 +300,13 @@ class TableRow:
 
 
 def table_rows(profile: Profile, spec: Mapping[str, Any]) -> list[TableRow]:
-    """This profile's rows of a results table spec (layouts `retrieval` and `probe`)."""
+    """This profile's rows of a results table spec (layouts `retrieval` and `probe`): a row
+    whose arch the profile does not configure (no `archs.<arch>`) is not one of them."""
     layout = spec["layout"]
     out = []
     for row in spec["rows"]:
+        if row["arch"] not in profile.config["archs"]:
+            continue
         for variant in profile.variants(row):
             frames = int(row["frames"])
             runs: dict[tuple[str, str], Run] = {}
