@@ -116,6 +116,27 @@ def test_resolved_config_layers(workdir: Path) -> None:
     assert (frozen.model.arch, frozen.model.vision.abs_pos_emb) == ("frozen", True)
 
 
+def test_paper_profile_takes_the_release_recipe(workdir: Path) -> None:
+    profile = Profile(load_profile_config("paper"))
+    hybrid = Variant("svitt", "hybrid")
+    pretrain = load_config(profile.resolve(Run("pretrain", hybrid, 4)))
+    assert set(pretrain.model.loss_weights) == {"vtc", "vtm", "mlm"}  # MLM in pre-training
+    assert pretrain.optim.min_lr_ratio == 0.01
+    finetune = load_config(profile.resolve(Run("finetune-retrieval", hybrid, 4, "msrvtt")))
+    assert finetune.model.loss_weights == {"vtc": 1.0, "vtm": 1.0}  # no MLM downstream
+    assert finetune.optim.min_lr_ratio == 0.1
+    assert (finetune.eval.num_clips, finetune.eval.clip_ensemble) == (3, "lse")
+    assert finetune.eval.rerank == "itm_logit"
+    qa = load_config(profile.resolve(Run("finetune-qa", hybrid, 8, "anet_qa")))
+    assert (qa.optim.min_lr_ratio, qa.eval.num_clips) == (0.1, 3)
+    # Table A8 has both Singularity baselines in the paper profile, only the frame mean in
+    # the embedded default (which configures no singularity_temporal).
+    paper_archs = {run.variant.arch for run in table_runs(profile, "A8")}
+    assert {"singularity", "singularity_temporal"} <= paper_archs
+    default_archs = {run.variant.arch for run in table_runs(synthetic_profile(), "A8")}
+    assert "singularity_temporal" not in default_archs and "singularity" in default_archs
+
+
 def test_block_size_scales_with_frame_tokens(workdir: Path) -> None:
     # 32 px frames in 8 px patches: 16 tokens per frame, so G = 56 * 16 / 196 -> 5.
     cfg = load_config(synthetic_profile().resolve(Run("pretrain", Variant("svitt", "hybrid"), 4)))
