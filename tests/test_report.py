@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from svitt.config import load_config
-from svitt.report.runs import Profile, Run, Variant, figure_a1_runs, table_runs
+from svitt.report.runs import Profile, Run, Variant, figure_a1_runs, table_rows, table_runs
 from svitt.report.specs import SpecError, load_sparsity_table, load_spec
 from svitt.report.tables import (
     REPORTED,
@@ -136,6 +136,15 @@ def test_paper_profile_takes_the_release_recipe(workdir: Path) -> None:
         assert {"singularity", "singularity_temporal"} <= paper_archs
         default_archs = {run.variant.arch for run in table_runs(synthetic_profile(), table)}
         assert "singularity_temporal" not in default_archs and "singularity" in default_archs
+
+
+def test_a_misspelt_arch_in_a_spec_row_fails_even_where_it_is_not_configured(
+    workdir: Path,
+) -> None:
+    spec = load_spec(workdir / "ablations", "A8")
+    spec["rows"].append({"method": "typo", "arch": "singularity_temporl", "frames": 4})
+    with pytest.raises(SpecError, match="unknown arch 'singularity_temporl'"):
+        table_rows(synthetic_profile(), spec)
 
 
 def test_block_size_scales_with_frame_tokens(workdir: Path) -> None:

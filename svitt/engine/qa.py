@@ -2,8 +2,8 @@
 
 Answers are chosen from the dataset's answer list: the `eval.answer_top_k` candidates with
 the most probable first token are re-ranked by the likelihood of the whole answer; with
-`eval.num_clips` > 1 both scores are combined over the clips by `eval.clip_ensemble`. Accuracy is
-exact match in percent; a question whose answer is not in the list counts as wrong.
+`eval.num_clips` > 1 both scores are combined over the clips by `eval.clip_ensemble`.
+Accuracy is exact match in percent; a question whose answer is not in the list counts as wrong.
 """
 
 from __future__ import annotations
