@@ -141,6 +141,18 @@ def test_frame_level_baseline_loads_into_another_clip_length(bench):
     assert metrics_of(eight)["num_frames"] == 8 and metrics_of(eight)["arch"] == "singularity"
 
 
+def test_singularity_temporal_pretrains_to_the_schedule_floor(bench):
+    out = bench["base"] / "sing-temporal"
+    arch = ["--set", "model.arch=singularity_temporal", "--set", "model.sparsity.attention=dense"]
+    floor = ["--set", "optim.epochs=1", "--set", "optim.min_lr_ratio=0.1"]
+    assert stage(bench, "pretrain", out, *arch, *floor) == 0
+    metrics = metrics_of(out)
+    assert metrics["arch"] == "singularity_temporal" and "edges" not in metrics
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    lr = state["config"]["optim"]["lr"]
+    assert state["scheduler"]["_last_lr"][0] == pytest.approx(0.1 * lr)
+
+
 def test_zero_shot_retrieval_with_eval_overrides(bench, pretrained):
     out = bench["base"] / "zero-shot"
     ckpt = str(pretrained / "checkpoint.pt")

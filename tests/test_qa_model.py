@@ -241,3 +241,12 @@ def test_answers_must_start_with_cls():
     batch["answer_ids"][:, 0] = 7
     with pytest.raises(ValueError, match=r"\[CLS\]"):
         model(batch)
+
+
+def test_decoder_layer_norms_follow_the_text_eps():
+    cfg = small_config()
+    cfg = dataclasses.replace(cfg, text=dataclasses.replace(cfg.text, layer_norm_eps=1e-5))
+    model = create_qa_model(cfg)
+    decoder = [model.decoder_embeddings, model.decoder_layers, model.lm_head]
+    norms = [m for part in decoder for m in part.modules() if isinstance(m, torch.nn.LayerNorm)]
+    assert norms and all(norm.eps == 1e-5 for norm in norms)

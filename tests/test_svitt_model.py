@@ -346,6 +346,7 @@ def test_mean_pooling_projects_the_pooler_output(arch):
     pooled = video.vision.pooled
     if arch == "singularity":  # one pooled row per frame, averaged over the 4 frames
         pooled = pooled.view(3, 4, -1).mean(dim=1)
+        torch.testing.assert_close(video.tokens[:, 0], pooled)  # f_m's first token
     expected = F.normalize(model.vision_proj(pooled), dim=-1)
     torch.testing.assert_close(video.embed, expected)
     if arch == "singularity":  # the frame mean is exactly order-free

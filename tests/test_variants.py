@@ -103,13 +103,16 @@ def shuffled_outputs(model: SViTT, batch: dict, order: list[int]) -> dict[str, t
     }
 
 
+@pytest.mark.parametrize("pool", ["cls", "mean"])
 @pytest.mark.parametrize("arch", ["singularity", "singularity_temporal"])
-def test_only_the_frame_mean_baseline_is_invariant_to_frame_order(arch):
+def test_only_the_frame_mean_baseline_is_invariant_to_frame_order(arch, pool):
     """`singularity` gives bit-identical outputs for shuffled frames; `singularity_temporal`
-    sees the order. At its initialisation (temporal embedding std 0.02) the change is small,
-    ~1e-5, but far above float64 rounding (~1e-16)."""
+    sees the order, with either pooling (mean pooling must not bypass its temporal encoder).
+    At its initialisation (temporal embedding std 0.02) the change is small, ~1e-5, but far
+    above float64 rounding (~1e-16)."""
     torch.manual_seed(0)
     cfg = small_config(arch, visual_keep_rate=0.75, cross_keep_rate=0.5)
+    cfg = dataclasses.replace(cfg, vision=dataclasses.replace(cfg.vision, pool=pool))
     model = create_model(cfg).double().eval()
     batch = make_batch()
     batch["video"] = batch["video"].double()

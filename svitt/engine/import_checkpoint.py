@@ -92,8 +92,8 @@ def import_release(args: argparse.Namespace) -> None:
     try:
         model = ARCHS[model_cfg.arch](model_cfg)
         frames = source_frames(state, model)
-        # The frame-level baseline encodes single frames whatever the clip length.
-        if model_cfg.arch != "singularity" and frames != model_cfg.vision.num_frames:
+        # A frame-level encoder encodes single frames whatever the clip length.
+        if not model_cfg.frame_level and frames != model_cfg.vision.num_frames:
             vision = dataclasses.replace(model_cfg.vision, num_frames=frames)
             model_cfg = dataclasses.replace(model_cfg, vision=vision)
             log.info("%s holds a %d-frame model; --init-from inflates it", args.src, frames)

@@ -193,7 +193,7 @@ def resized(
 
     dst_frames = model_cfg.vision.num_frames
     # The frame-level baseline encodes every frame alone: its weights fit any clip length.
-    if src_frames == dst_frames or model_cfg.arch == "singularity":
+    if src_frames == dst_frames or model_cfg.frame_level:
         return dict(weights)
     _, h, w = model_cfg.vision.grid
     log.info("inflating weights from %d to %d frames", src_frames, dst_frames)
@@ -543,7 +543,9 @@ def train(
     total = steps_per_epoch * opt.epochs
     model.to(env.device)
     optimizer = build_optimizer(model, opt)
-    scheduler = build_scheduler(optimizer, round(opt.warmup_epochs * steps_per_epoch), total)
+    scheduler = build_scheduler(
+        optimizer, round(opt.warmup_epochs * steps_per_epoch), total, opt.min_lr_ratio
+    )
     step, losses = 0, LossLog()
     if run.resume_state is not None:
         state = run.resume_state
@@ -667,7 +669,7 @@ def base_metrics(run: Run, model_cfg: ModelConfig, overrides: Mapping[str, Any])
         "sparsity": asdict(model_cfg.sparsity),
         "overrides": dict(overrides),
     }
-    if model_cfg.arch != "singularity":
+    if not model_cfg.frame_level:
         edges = count_edges(model_cfg, run.cfg.data.text_max_len)
         metrics["edges"] = edges.edges
         metrics["edge_sparsity"] = edges.sparsity

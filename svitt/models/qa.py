@@ -51,14 +51,25 @@ class VideoQA(nn.Module):
         self.encoder = ENCODERS[cfg.arch](cfg, pretraining_heads=False)
         text = cfg.text
         self.decoder_embeddings = BertEmbeddings(
-            text.vocab_size, text.dim, text.max_positions, text.pad_token_id
+            text.vocab_size,
+            text.dim,
+            text.max_positions,
+            text.pad_token_id,
+            eps=text.layer_norm_eps,
         )
         # Cross-attention reads the question-video states of `f_m`, at the text width.
         self.decoder_layers = nn.ModuleList(
-            BertLayer(text.dim, text.heads, text.mlp_dim, video_dim=text.dim, causal=True)
+            BertLayer(
+                text.dim,
+                text.heads,
+                text.mlp_dim,
+                video_dim=text.dim,
+                causal=True,
+                eps=text.layer_norm_eps,
+            )
             for _ in range(cfg.qa_decoder_depth)
         )
-        self.lm_head = BertOnlyMLMHead(text.dim, text.vocab_size)
+        self.lm_head = BertOnlyMLMHead(text.dim, text.vocab_size, eps=text.layer_norm_eps)
         for module in (self.decoder_embeddings, self.decoder_layers, self.lm_head):
             module.apply(partial(init_bert_weights, std=text.init_std))
         self.lm_head.tie(self.decoder_embeddings)

@@ -59,19 +59,27 @@ class Singularity(SViTT):
         tokens = rearrange(out.tokens, "(b t) n d -> b t n d", t=frames)
         frame_start = torch.arange(frames, device=video.device) * self.vision.cfg.num_patches
         positions = rearrange(out.positions, "(b t) n -> b t n", t=frames) + frame_start[:, None]
-        tokens, positions, pooled = self.pool_frames(tokens, positions)
+        # What each frame contributes to the video embedding: its [CLS] or its pooler output.
+        if self.cfg.vision.pool == "cls":
+            features = tokens[:, :, 0]
+        else:
+            features = rearrange(out.pooled, "(b t) d -> b t d", t=frames)
+        tokens, positions, pooled = self.pool_frames(tokens, positions, features)
         tokens = torch.cat([pooled, rearrange(tokens[:, :, 1:], "b t n d -> b (t n) d")], dim=1)
         return tokens, rearrange(positions, "b t n -> b (t n)"), out
 
-    def pool_frames(self, tokens: Tensor, positions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Per-frame tokens [B, T, 1 + n, D] and positions [B, T, n] -> the frames as f_m
-        reads them (same shapes) and the pooled [CLS] [B, 1, D]."""
-        # Canonical frame order: by the first feature of each frame's [CLS] token, read as is
+    def pool_frames(
+        self, tokens: Tensor, positions: Tensor, features: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Per-frame tokens [B, T, 1 + n, D], positions [B, T, n] and features [B, T, D] ->
+        the frames as f_m reads them (same shapes) and the pooled feature [B, 1, D]."""
+        # Canonical frame order: by the first element of each frame's feature, read as is
         # (a reduction as key would round differently with the frame's memory offset).
-        order = tokens[:, :, 0, 0].argsort(dim=1, stable=True)  # [B, T]
+        order = features[:, :, 0].argsort(dim=1, stable=True)  # [B, T]
         tokens = tokens.gather(1, order[:, :, None, None].expand_as(tokens))
         positions = positions.gather(1, order[:, :, None].expand_as(positions))
-        return tokens, positions, tokens[:, :, 0].mean(dim=1, keepdim=True)
+        features = features.gather(1, order[:, :, None].expand_as(features))
+        return tokens, positions, features.mean(dim=1, keepdim=True)
 
 
 class SingularityTemporal(Singularity):
@@ -91,7 +99,9 @@ class SingularityTemporal(Singularity):
     def no_weight_decay(self) -> set[str]:
         return super().no_weight_decay() | {"temporal_embed"}
 
-    def pool_frames(self, tokens: Tensor, positions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def pool_frames(
+        self, tokens: Tensor, positions: Tensor, features: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
         frames = tokens.shape[1]
         if frames != self.temporal_embed.shape[1]:
             raise ValueError(
@@ -100,7 +110,7 @@ class SingularityTemporal(Singularity):
                 "training clip length)"
             )
         tokens = tokens + self.temporal_embed
-        frame_cls = tokens[:, :, 0]  # [B, T, D]
+        features = features + self.temporal_embed[:, :, 0]  # [B, T, D]
         for layer in self.temporal:
-            frame_cls = layer(frame_cls)
-        return tokens, positions, frame_cls.mean(dim=1, keepdim=True)
+            features = layer(features)
+        return tokens, positions, features.mean(dim=1, keepdim=True)

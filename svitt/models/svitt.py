@@ -184,16 +184,11 @@ class SViTT(nn.Module):
 
     def video_feature(self, tokens: Tensor, out: VisionOutput) -> Tensor:
         """[B, Dv], what VTC projects: the [CLS] slot of `tokens` (`pool: cls`) or the pooler's
-        output (`pool: mean`); a frame-level encoder's pooled frames are averaged."""
-        if self.cfg.vision.pool == "cls":
+        output (`pool: mean`). A frame-level encoder pools its frames' features into the
+        [CLS] slot itself (`Singularity.pool_frames`)."""
+        if self.cfg.vision.pool == "cls" or self.cfg.frame_level:
             return tokens[:, 0]
-        pooled = out.pooled
-        if len(pooled) != len(tokens):  # one row per frame (singularity)
-            pooled = pooled.view(len(tokens), -1, pooled.shape[-1])
-            # Each feature sorted over frames first: the mean then does not depend on the
-            # frame order to the last bit.
-            pooled = pooled.sort(dim=1).values.mean(dim=1)
-        return pooled
+        return out.pooled
 
     def encode_text(self, ids: Tensor, mask: Tensor) -> TextEncoding:
         hidden = self.text.forward_text(ids, mask)
