@@ -14,7 +14,7 @@ from svitt.report.runs import (
     figure_a1_runs,
     table_runs,
 )
-from svitt.report.specs import load_spec
+from svitt.report.specs import load_datasets, load_spec
 
 validate(config, schema="../schemas/config.schema.yaml")
 
@@ -24,7 +24,10 @@ RUNS = PROFILE.runs_dir
 DATA = config["data"]
 ABLATIONS = config["ablations"]
 PROFILE_DUMP = f"{RUNS}/profile.yaml"
-DATA_READY = f"{RUNS}/data/ready.txt"
+PRETRAINED_CHECK = f"{RUNS}/data/pretrained.txt"
+# Every rule's `conda:` (relative to workflow/rules/): the project installed with pip, for
+# `--use-conda`; without it rules run in the environment Snakemake runs in (`make`: .venv).
+ENV = "../envs/svitt.yaml"
 TOKENS_SPEC = load_spec(ABLATIONS, "figure_tokens")
 FIGURE_A1_SPEC = load_spec(ABLATIONS, "figure_A1")
 
@@ -40,6 +43,21 @@ wildcard_constraints:
 def all_datasets():
     names = [*config["pretrain"]["datasets"], *config["retrieval"]["datasets"]]
     return list(dict.fromkeys(names + config["qa"]["datasets"]))
+
+
+def evaluated_datasets():
+    """Datasets whose test split an evaluation reads (every downstream dataset)."""
+    return list(dict.fromkeys(config["retrieval"]["datasets"] + config["qa"]["datasets"]))
+
+
+def validation_report(dataset):
+    return f"{RUNS}/data/{dataset}.json"
+
+
+def data_checks(*datasets):
+    """What a job reading `datasets` waits for: each one's validation report and the
+    pretrained-weights check. Per dataset, so re-validating one reruns only its dependents."""
+    return [*map(validation_report, dict.fromkeys(datasets)), PRETRAINED_CHECK]
 
 
 def pretrained_paths():
@@ -101,7 +119,8 @@ def table_inputs(wildcards):
     }
     if wildcards.table == "A2":
         inputs["datasets"] = f"{ABLATIONS}/datasets.tsv"
-        inputs["data"] = DATA_READY
+        # Statistics of every dataset of the table (the weights play no part).
+        inputs["data"] = [validation_report(name) for name in load_datasets(ABLATIONS)]
     return inputs
 
 
@@ -128,8 +147,8 @@ def extra_runs():
 def run_config(task, **fixed):
     """Params function: the run's resolved RunConfig as YAML text (svitt.report.runs).
 
-    Each stage rule writes it to the run's config.yaml in its own shell command: a separate
-    config job would cost a Snakemake subprocess per run. As a param, a changed config reruns
+    Each stage writes it to the run's config.yaml in its own shell command (a separate
+    config job would cost a Snakemake subprocess per run). As a param, a changed config reruns
     the run (Snakemake's params rerun trigger).
     """
 

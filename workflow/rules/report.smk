@@ -18,6 +18,8 @@ rule table:
         out=lambda wildcards, output: Path(output.csv).parent,
     log:
         f"{RUNS}/logs/table-{{table}}.log",
+    conda:
+        ENV
     shell:
         "svitt table {wildcards.table} --profile {input.profile} --out-dir {params.out}"
         " > {log} 2>&1"
@@ -37,6 +39,8 @@ rule figure_keep_rate:
         ),
     log:
         f"{RUNS}/logs/figure-A1.log",
+    conda:
+        ENV
     shell:
         "svitt figure keep-rate --profile {input.profile} --out {output} > {log} 2>&1"
 
@@ -44,7 +48,7 @@ rule figure_keep_rate:
 rule figure_tokens:
     input:
         checkpoint=lambda wildcards: PROFILE.checkpoint(tokens_run(wildcards)),
-        data=DATA_READY,
+        data=lambda wildcards: data_checks(TOKENS_SPEC["figures"][wildcards.figure]["dataset"]),
     output:
         png=report(
             f"{RESULTS}/figures/{{figure}}.png",
@@ -61,6 +65,8 @@ rule figure_tokens:
     log:
         f"{RUNS}/logs/figure-{{figure}}.log",
     threads: 1
+    conda:
+        ENV
     shell:
         WRITE_CONFIG + "svitt figure tokens --checkpoint {input.checkpoint} --config"
         " {output.config} --clips {params.clips} --out {output.png} > {log} 2>&1"
