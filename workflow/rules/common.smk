@@ -1,9 +1,11 @@
 # Config validation, run resolution and input functions shared by every rule file.
 import shlex
+import sys
 from pathlib import Path
 
+import jsonschema
 import yaml
-from snakemake.utils import validate
+from snakemake.exceptions import WorkflowError
 
 from svitt.report.runs import (
     ALL_TABLES,
@@ -14,11 +16,59 @@ from svitt.report.runs import (
     figure_a1_runs,
     table_runs,
 )
-from svitt.report.specs import load_datasets, load_spec
+from svitt.report.specs import SpecError, load_datasets, load_spec
 
-validate(config, schema="../schemas/config.schema.yaml")
 
-PROFILE = Profile(config)
+
+def typed_scalar(text):
+    """A --config value as YAML would read it in a config file: Snakemake types top-level
+    values, but nested ones (`--config 'data={seed: 1}'`) arrive as strings."""
+    for parse in (int, float):
+        try:
+            return parse(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False, "null": None, "~": None}.get(text.lower(), text)
+
+
+def apply_typed_overrides(target, overrides):
+    """Re-type every nested string leaf that --config put into `target`."""
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(target.get(key), dict):
+            apply_typed_overrides(target[key], value)
+        elif isinstance(value, str):
+            target[key] = typed_scalar(value)
+        elif isinstance(value, list):
+            target[key] = [typed_scalar(v) if isinstance(v, str) else v for v in value]
+
+
+def config_error(error):
+    """One line naming the config key and what it allows (Snakemake's `validate` prints the
+    whole schema)."""
+    key = ".".join(map(str, error.absolute_path))
+    if error.validator == "additionalProperties":
+        allowed = ", ".join(error.schema.get("properties", {}))
+        unknown = sorted(set(error.instance) - set(error.schema.get("properties", {})))
+        names = ", ".join(f"{key}.{name}" if key else name for name in unknown)
+        return f"config: unknown key {names}; allowed keys{f' of {key}' if key else ''}: {allowed}"
+    return f"config {key or '(top level)'}: {error.message}"
+
+
+def check_config(config, schema_path):
+    with open(schema_path) as handle:
+        validator = jsonschema.Draft202012Validator(yaml.safe_load(handle))
+    error = jsonschema.exceptions.best_match(validator.iter_errors(config))
+    if error is not None:
+        sys.exit(config_error(error))
+
+
+apply_typed_overrides(config, dict(workflow.config_settings.config))
+check_config(config, workflow.source_path("../schemas/config.schema.yaml"))
+
+try:
+    PROFILE = Profile(config)
+except SpecError as err:
+    sys.exit(str(err))
 RESULTS = PROFILE.results
 RUNS = PROFILE.runs_dir
 DATA = config["data"]
@@ -124,10 +174,10 @@ def table_inputs(wildcards):
     return inputs
 
 
-def tokens_run(wildcards):
+def tokens_run(figure):
     model = TOKENS_SPEC["model"]
     variant = Variant(model["arch"], model["sparsity"])
-    dataset = TOKENS_SPEC["figures"][wildcards.figure]["dataset"]
+    dataset = TOKENS_SPEC["figures"][figure]["dataset"]
     return Run("tokens", variant, int(model["frames"]), dataset)
 
 
@@ -189,3 +239,20 @@ def write_zero_shot_configs(wildcards, output):
         commands.append(f"printf '%s' {shlex.quote(text)} > {shlex.quote(path)}")
     return " && ".join(commands)
 
+
+
+def check_runs():
+    """Resolve every run of the targets once at start-up: a bad RunConfig key anywhere (e.g.
+    `run.model.vision.dept`) stops the workflow with one line naming it, where an input
+    function's error would come as a traceback in the middle of the DAG."""
+    runs = [run for table in ALL_TABLES for run in table_runs(PROFILE, table)]
+    runs += figure_a1_runs(PROFILE, FIGURE_A1_SPEC) + extra_runs()
+    runs += [tokens_run(figure) for figure in TOKENS_SPEC["figures"]]
+    try:
+        for run in dict.fromkeys(runs):
+            PROFILE.resolve(run)
+    except SpecError as err:
+        sys.exit(str(err))
+
+
+check_runs()

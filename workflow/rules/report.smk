@@ -47,7 +47,7 @@ rule figure_keep_rate:
 
 rule figure_tokens:
     input:
-        checkpoint=lambda wildcards: PROFILE.checkpoint(tokens_run(wildcards)),
+        checkpoint=lambda wildcards: PROFILE.checkpoint(tokens_run(wildcards.figure)),
         data=lambda wildcards: data_checks(TOKENS_SPEC["figures"][wildcards.figure]["dataset"]),
     output:
         png=report(
@@ -60,7 +60,7 @@ rule figure_tokens:
     wildcard_constraints:
         figure="|".join(TOKENS_SPEC["figures"]),
     params:
-        config=lambda wildcards: yaml.safe_dump(PROFILE.resolve(tokens_run(wildcards))),
+        config=lambda wildcards: yaml.safe_dump(PROFILE.resolve(tokens_run(wildcards.figure))),
         clips=lambda wildcards: " ".join(map(str, TOKENS_SPEC["figures"][wildcards.figure]["clips"])),
     log:
         f"{RUNS}/logs/figure-{{figure}}.log",
