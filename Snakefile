@@ -28,6 +28,7 @@ report: "workflow/report/workflow.rst"
 rule tables:
     input:
         table_files(),
+        claims_files(),
 
 
 rule figures:

@@ -22,22 +22,28 @@ WORKFLOW_FILES = ("Snakefile", "workflow", "ablations", ".test")
 TABLES = [f"A{i}" for i in range(1, 9)]
 
 
-@pytest.fixture
-def workflow_copy(tmp_path: Path) -> Path:
+def copy_workflow(root: Path) -> Path:
     for name in WORKFLOW_FILES:
         source = REPO / name
         if source.is_dir():
-            shutil.copytree(source, tmp_path / name)
+            shutil.copytree(source, root / name)
         else:
-            shutil.copy(source, tmp_path / name)
-    return tmp_path
+            shutil.copy(source, root / name)
+    return root
 
 
-def snakemake(cwd: Path, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+@pytest.fixture
+def workflow_copy(tmp_path: Path) -> Path:
+    return copy_workflow(tmp_path)
+
+
+def snakemake(
+    cwd: Path, *args: str, cores: str | None = "2", timeout: int = 300
+) -> subprocess.CompletedProcess:
     # Rules call `svitt`: the project's environment must be on PATH, as with `make tables`.
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     return subprocess.run(
-        [sys.executable, "-m", "snakemake", "--cores", "2", *args],
+        [sys.executable, "-m", "snakemake", *(["--cores", cores] if cores else []), *args],
         cwd=cwd,
         env=env,
         capture_output=True,

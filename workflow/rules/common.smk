@@ -75,6 +75,7 @@ DATA = config["data"]
 ABLATIONS = config["ablations"]
 PROFILE_DUMP = f"{RUNS}/profile.yaml"
 PRETRAINED_CHECK = f"{RUNS}/data/pretrained.txt"
+CLAIMS = f"{RESULTS}/claims.md"
 # Every rule's `conda:` (relative to workflow/rules/): the project installed with pip, for
 # `--use-conda`; without it rules run in the environment Snakemake runs in (`make`: .venv).
 ENV = "../envs/svitt.yaml"
@@ -146,6 +147,11 @@ def launcher(wildcards, threads, resources):
 
 def table_files():
     return [f"{RESULTS}/tables/{t}.{ext}" for t in ALL_TABLES for ext in ("csv", "md", "tex")]
+
+
+def claims_files():
+    """The claims report's copy for the HTML report, if results/<profile>/claims.md exists."""
+    return [f"{RUNS}/report/claims.md"] if Path(CLAIMS).is_file() else []
 
 
 def figure_files():

@@ -11,6 +11,7 @@
 localrules:
     profile_config,
     check_pretrained,
+    claims_report,
 
 
 rule profile_config:
@@ -40,7 +41,8 @@ if DATA["source"] == "synthetic":
             seed=DATA.get("seed", 0),
         log:
             f"{RUNS}/data/synthetic.log",
-        threads: workflow.cores
+        # A function: `workflow.cores` is unset where nothing runs (`snakemake --report`).
+        threads: lambda wildcards: workflow.cores
         priority: 10
         conda:
             ENV

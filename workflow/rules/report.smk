@@ -10,7 +10,11 @@ rule table:
             f"{RESULTS}/tables/{{table}}.csv",
             caption="../report/table.rst",
             category="Tables",
-            labels={"table": "{table}"},
+            # The title too: the report's front page shows each table under it (workflow.rst).
+            labels=lambda wildcards: {
+                "table": wildcards.table,
+                "title": load_spec(ABLATIONS, wildcards.table)["title"],
+            },
         ),
         markdown=f"{RESULTS}/tables/{{table}}.md",
         latex=f"{RESULTS}/tables/{{table}}.tex",
@@ -70,3 +74,17 @@ rule figure_tokens:
     shell:
         WRITE_CONFIG + "svitt figure tokens --checkpoint {input.checkpoint} --config"
         " {output.config} --clips {params.clips} --out {output.png} > {log} 2>&1"
+
+
+rule claims_report:
+    """The claims report next to the tables (when there is one), for the HTML report."""
+    input:
+        CLAIMS,
+    output:
+        report(f"{RUNS}/report/claims.md", category="Claims"),
+    log:
+        f"{RUNS}/logs/claims_report.log",
+    conda:
+        ENV
+    shell:
+        "cp {input} {output} 2> {log}"
