@@ -29,6 +29,20 @@ rule table:
         " > {log} 2>&1"
 
 
+rule claims_report:
+    """The claims report next to the tables (when there is one), for the HTML report."""
+    input:
+        CLAIMS,
+    output:
+        report(f"{RUNS}/report/claims.md", category="Claims"),
+    log:
+        f"{RUNS}/logs/claims_report.log",
+    conda:
+        ENV
+    shell:
+        "cp {input} {output} 2> {log}"
+
+
 rule figure_keep_rate:
     input:
         profile=PROFILE_DUMP,
@@ -74,17 +88,3 @@ rule figure_tokens:
     shell:
         WRITE_CONFIG + "svitt figure tokens --checkpoint {input.checkpoint} --config"
         " {output.config} --clips {params.clips} --out {output.png} > {log} 2>&1"
-
-
-rule claims_report:
-    """The claims report next to the tables (when there is one), for the HTML report."""
-    input:
-        CLAIMS,
-    output:
-        report(f"{RUNS}/report/claims.md", category="Claims"),
-    log:
-        f"{RUNS}/logs/claims_report.log",
-    conda:
-        ENV
-    shell:
-        "cp {input} {output} 2> {log}"
