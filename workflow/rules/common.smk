@@ -5,11 +5,9 @@ from pathlib import Path
 
 import jsonschema
 import yaml
-from snakemake.exceptions import WorkflowError
 
 from svitt.report.runs import (
     ALL_TABLES,
-    CONFIG_TABLES,
     Profile,
     Run,
     Variant,
@@ -17,7 +15,6 @@ from svitt.report.runs import (
     table_runs,
 )
 from svitt.report.specs import SpecError, load_datasets, load_spec
-
 
 
 def typed_scalar(text):
@@ -65,8 +62,11 @@ def check_config(config, schema_path):
 apply_typed_overrides(config, dict(workflow.config_settings.config))
 check_config(config, workflow.source_path("../schemas/config.schema.yaml"))
 
+# Spec and sparsity-table errors: one line, as the config's.
 try:
     PROFILE = Profile(config)
+    TOKENS_SPEC = load_spec(config["ablations"], "figure_tokens")
+    FIGURE_A1_SPEC = load_spec(config["ablations"], "figure_A1")
 except SpecError as err:
     sys.exit(str(err))
 RESULTS = PROFILE.results
@@ -79,8 +79,6 @@ CLAIMS = f"{RESULTS}/claims.md"
 # Every rule's `conda:` (relative to workflow/rules/): the project installed with pip, for
 # `--use-conda`; without it rules run in the environment Snakemake runs in (`make`: .venv).
 ENV = "../envs/svitt.yaml"
-TOKENS_SPEC = load_spec(ABLATIONS, "figure_tokens")
-FIGURE_A1_SPEC = load_spec(ABLATIONS, "figure_A1")
 
 
 wildcard_constraints:
@@ -89,11 +87,6 @@ wildcard_constraints:
     dataset=r"[a-z0-9_]+",
     probe=r"normal|shuffle|reverse|keep[0-9.]+",
     table=r"A[0-9]+",
-
-
-def all_datasets():
-    names = [*config["pretrain"]["datasets"], *config["retrieval"]["datasets"]]
-    return list(dict.fromkeys(names + config["qa"]["datasets"]))
 
 
 def evaluated_datasets():
@@ -219,11 +212,31 @@ def run_config(task, **fixed):
 WRITE_CONFIG = "printf '%s' {params.config:q} > {output.config} && "
 
 
+def table_and_figure_runs():
+    """Every run whose metrics a table or Figure A1 reads."""
+    runs = [run for table in ALL_TABLES for run in table_runs(PROFILE, table)]
+    return runs + figure_a1_runs(PROFILE, FIGURE_A1_SPEC)
+
+
+def check_runs():
+    """Resolve every run of the targets once at start-up: a bad RunConfig key anywhere (e.g.
+    `run.model.vision.dept`) stops the workflow with one line naming it, where an input
+    function's error would come as a traceback in the middle of the DAG."""
+    try:
+        runs = table_and_figure_runs() + extra_runs()
+        runs += [tokens_run(figure) for figure in TOKENS_SPEC["figures"]]
+        for run in dict.fromkeys(runs):
+            PROFILE.resolve(run)
+    except SpecError as err:
+        sys.exit(str(err))
+
+
+check_runs()
+
+
 def zero_shot_datasets():
     """Every dataset that a zero-shot run of the tables or figures evaluates."""
-    runs = [run for table in ALL_TABLES for run in table_runs(PROFILE, table)]
-    runs += figure_a1_runs(PROFILE, FIGURE_A1_SPEC)
-    return sorted({run.dataset for run in runs if run.task == "zero-shot"})
+    return sorted({run.dataset for run in table_and_figure_runs() if run.task == "zero-shot"})
 
 
 ZERO_SHOT_DATASETS = zero_shot_datasets()
@@ -244,21 +257,3 @@ def write_zero_shot_configs(wildcards, output):
         text = run_config("zero-shot", dataset=dataset)(wildcards)
         commands.append(f"printf '%s' {shlex.quote(text)} > {shlex.quote(path)}")
     return " && ".join(commands)
-
-
-
-def check_runs():
-    """Resolve every run of the targets once at start-up: a bad RunConfig key anywhere (e.g.
-    `run.model.vision.dept`) stops the workflow with one line naming it, where an input
-    function's error would come as a traceback in the middle of the DAG."""
-    runs = [run for table in ALL_TABLES for run in table_runs(PROFILE, table)]
-    runs += figure_a1_runs(PROFILE, FIGURE_A1_SPEC) + extra_runs()
-    runs += [tokens_run(figure) for figure in TOKENS_SPEC["figures"]]
-    try:
-        for run in dict.fromkeys(runs):
-            PROFILE.resolve(run)
-    except SpecError as err:
-        sys.exit(str(err))
-
-
-check_runs()
