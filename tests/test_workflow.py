@@ -85,6 +85,11 @@ def test_schema_rejects_a_bad_key_in_one_line(workflow_copy: Path) -> None:
     last = result.stderr.strip().splitlines()[-1]
     assert "unknown config key 'model.vision.dept'; allowed keys: image_size" in last
     assert "Traceback" not in result.stderr
+    # A partial config alone: the missing key and how to combine it.
+    result = snakemake(workflow_copy, "-n", "tables", "--configfile=.test/config.yaml")
+    assert result.returncode != 0
+    (line,) = result.stderr.strip().splitlines()
+    assert "'sparsity_table' is a required property" in line and "goes after" in line
 
 
 def test_config_overrides_typed_on_the_command_line(workflow_copy: Path) -> None:

@@ -48,6 +48,11 @@ def config_error(error):
         unknown = sorted(set(error.instance) - set(error.schema.get("properties", {})))
         names = ", ".join(f"{key}.{name}" if key else name for name in unknown)
         return f"config: unknown key {names}; allowed keys{f' of {key}' if key else ''}: {allowed}"
+    if error.validator == "required" and not key:
+        return (
+            f"config: {error.message}; a partial config file (e.g. .test/config.yaml) goes after"
+            " a complete one: --configfile workflow/config/default.yaml .test/config.yaml"
+        )
     return f"config {key or '(top level)'}: {error.message}"
 
 
