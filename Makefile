@@ -17,7 +17,9 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# `snakemake --lint` first (a few seconds): the DAG's rules keep their log:, conda: and inputs.
 test: $(STAMP)
+	$(BIN)/snakemake --lint
 	$(BIN)/python -m pytest -q -m "not cluster"
 
 # Fault tolerance and the live SLURM cluster: four runs of the CI-sized DAG up to Table A8

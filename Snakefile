@@ -6,9 +6,10 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-# The embedded default unless the command line names a complete profile config (--configfile):
-# Snakemake would otherwise merge that profile over the default's keys (e.g. the tiny model).
-if "profile" not in config:
+# The embedded default unless the command line names config files (--configfile): Snakemake
+# would otherwise merge a profile over the default's keys (e.g. the tiny model). `--config`
+# values merge over whichever it is.
+if not workflow.config_settings.configfiles:
 
     configfile: "workflow/config/default.yaml"
 
@@ -27,6 +28,7 @@ report: "workflow/report/workflow.rst"
 rule tables:
     input:
         table_files(),
+        claims_files(),
 
 
 rule figures:

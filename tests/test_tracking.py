@@ -1,7 +1,10 @@
 """MLflow tracking: local sqlite store, concurrent writers, unreachable servers fail fast."""
 
 import multiprocessing as mp
+import os
+import shutil
 import sqlite3
+from pathlib import Path
 
 import pytest
 
@@ -47,7 +50,8 @@ def test_two_processes_log_to_one_fresh_sqlite_store(tmp_path):
     location = db.execute(
         "select artifact_location from experiments where name = 'svitt'"
     ).fetchone()[0]
-    assert location.endswith("store/mlartifacts")
+    # An absolute store: an absolute location beside it.
+    assert location == (tmp_path / "store" / "mlartifacts").as_uri()
 
 
 def test_uri_resolution_order(monkeypatch):
@@ -107,3 +111,37 @@ def test_artifacts_live_next_to_the_database(tmp_path, monkeypatch):
     )
     assert again.run_id == tracker.run_id
     again.finish()
+
+
+def _log_one_artifact(cwd: Path, name: str) -> None:
+    """A stage's run in the default store of `cwd`, with one artifact (in a process of its own,
+    as a stage is: MLflow keeps one database connection per URI and process)."""
+    os.chdir(cwd)
+    Path("metrics.json").write_text("{}")
+    tracker = Tracker.start(TrackingConfig(uri="sqlite:///results/mlflow.db"), name, {}, {})
+    tracker.log_artifact("metrics.json")
+    tracker.finish()
+
+
+def _in_own_process(cwd: Path, name: str) -> str:
+    proc = mp.get_context("spawn").Process(target=_log_one_artifact, args=(cwd, name))
+    proc.start()
+    proc.join(timeout=240)
+    assert proc.exitcode == 0
+    db = sqlite3.connect(cwd / "results/mlflow.db")
+    return db.execute("select run_uuid from runs where name = ?", (name,)).fetchone()[0]
+
+
+def test_a_copied_store_logs_artifacts_into_the_copy(tmp_path):
+    original, copy = tmp_path / "original", tmp_path / "copy"
+    original.mkdir()
+    first = _in_own_process(original, "first")
+    shutil.copytree(original / "results", copy / "results")
+    second = _in_own_process(copy, "second")
+    # The second run's artifact is in the copy, and nothing of it in the original.
+    assert (copy / f"results/mlartifacts/{second}/artifacts/metrics.json").is_file()
+    assert not (original / f"results/mlartifacts/{second}").exists()
+    assert (original / f"results/mlartifacts/{first}/artifacts/metrics.json").is_file()
+    db = sqlite3.connect(copy / "results/mlflow.db")
+    uris = dict(db.execute("select name, artifact_uri from runs").fetchall())
+    assert uris["second"] == f"results/mlartifacts/{second}/artifacts"

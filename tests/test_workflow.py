@@ -22,22 +22,28 @@ WORKFLOW_FILES = ("Snakefile", "workflow", "ablations", ".test")
 TABLES = [f"A{i}" for i in range(1, 9)]
 
 
-@pytest.fixture
-def workflow_copy(tmp_path: Path) -> Path:
+def copy_workflow(root: Path) -> Path:
     for name in WORKFLOW_FILES:
         source = REPO / name
         if source.is_dir():
-            shutil.copytree(source, tmp_path / name)
+            shutil.copytree(source, root / name)
         else:
-            shutil.copy(source, tmp_path / name)
-    return tmp_path
+            shutil.copy(source, root / name)
+    return root
 
 
-def snakemake(cwd: Path, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+@pytest.fixture
+def workflow_copy(tmp_path: Path) -> Path:
+    return copy_workflow(tmp_path)
+
+
+def snakemake(
+    cwd: Path, *args: str, cores: str | None = "2", timeout: int = 300
+) -> subprocess.CompletedProcess:
     # Rules call `svitt`: the project's environment must be on PATH, as with `make tables`.
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     return subprocess.run(
-        [sys.executable, "-m", "snakemake", "--cores", "2", *args],
+        [sys.executable, "-m", "snakemake", *(["--cores", cores] if cores else []), *args],
         cwd=cwd,
         env=env,
         capture_output=True,
@@ -52,16 +58,53 @@ def job_counts(output: str) -> dict[str, int]:
     return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", block, re.MULTILINE)}
 
 
+def planned_outputs(output: str) -> set[str]:
+    """Every output file of the jobs a dry-run lists."""
+    lines = re.findall(r"^\s+output: (.+)$", output, re.MULTILINE)
+    return {path for line in lines for path in line.split(", ")}
+
+
 PAPER = "--configfile=workflow/config/paper.yaml"
+CI = ("--configfile", "workflow/config/default.yaml", ".test/config.yaml")
 
 
-def test_schema_rejects_a_bad_key_naming_it(workflow_copy: Path) -> None:
+def test_schema_rejects_a_bad_key_in_one_line(workflow_copy: Path) -> None:
     config = yaml.safe_load((workflow_copy / "workflow/config/default.yaml").read_text())
     config["pretrain"]["epochz"] = 3
     (workflow_copy / "bad.yaml").write_text(yaml.safe_dump(config))
     result = snakemake(workflow_copy, "-n", "tables", "--configfile=bad.yaml")
     assert result.returncode != 0
-    assert "epochz" in result.stderr + result.stdout
+    assert result.stderr.strip().splitlines() == [
+        "config: unknown key pretrain.epochz; allowed keys of pretrain: datasets, settings,"
+        " by_frames, by_dataset, frames"
+    ]
+    # A bad key of a run config fragment: one line too, naming the key and the allowed ones.
+    typo = "run={model: {vision: {dept: 2}}}"
+    result = snakemake(workflow_copy, "-n", "tables", "--config", typo)
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert "unknown config key 'model.vision.dept'; allowed keys: image_size" in last
+    assert "Traceback" not in result.stderr
+    # A partial config alone: the missing key and how to combine it.
+    result = snakemake(workflow_copy, "-n", "tables", "--configfile=.test/config.yaml")
+    assert result.returncode != 0
+    (line,) = result.stderr.strip().splitlines()
+    assert "'sparsity_table' is a required property" in line and "goes after" in line
+
+
+def test_config_overrides_typed_on_the_command_line(workflow_copy: Path) -> None:
+    default = job_counts(snakemake(workflow_copy, "-n", "tables").stdout)
+    # Nested numbers arrive from --config as strings; a new profile name keeps the defaults.
+    overrides = ["profile=mine", "data={seed: 1}", "run={eval: {batch_size: 32}}"]
+    result = snakemake(workflow_copy, "-n", "tables", "--config", *overrides)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert job_counts(result.stdout) == default
+    assert "results/mine/runs/pretrain/svitt-hybrid/T4/metrics.json" in result.stdout
+    # The override documented in paper.yaml's header.
+    data = "data={root: /elsewhere, tokenizer: /elsewhere/bert}"
+    result = snakemake(workflow_copy, "-n", "-p", "tables", PAPER, "--config", data)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "--root /elsewhere" in result.stdout
 
 
 def test_new_sparsity_row_adds_its_jobs(workflow_copy: Path) -> None:
@@ -87,6 +130,37 @@ def test_new_sparsity_row_adds_its_jobs(workflow_copy: Path) -> None:
         "finetune-retrieval/svitt-edge/T8/ssv2_label/shuffle",
         "finetune-qa/svitt-edge/T8/anet_qa/shuffle",
     }
+
+
+def test_revalidating_one_dataset_reruns_only_its_jobs(workflow_copy: Path) -> None:
+    # Every output of the CI-sized DAG as an empty file, then `--touch` puts them in DAG order:
+    # a finished run, as far as Snakemake can tell.
+    planned = snakemake(workflow_copy, "-n", "tables", *CI)
+    assert planned.returncode == 0, planned.stderr[-3000:]
+    everything = planned_outputs(planned.stdout)
+    for path in everything:
+        target = workflow_copy / path
+        if path == "results/ci/data":  # the synthetic data root, a directory output
+            target.mkdir(parents=True)
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.touch()
+    assert snakemake(workflow_copy, "--touch", "tables", *CI).returncode == 0
+    assert "Nothing to be done" in snakemake(workflow_copy, "-n", "tables", *CI).stdout
+
+    # A re-validated dataset: new content (Snakemake compares checksums of small inputs), newer.
+    report = workflow_copy / "results/ci/runs/data/charades.json"
+    report.write_text('{"dataset": "charades"}\n')
+    later = max((workflow_copy / path).stat().st_mtime for path in everything) + 1
+    os.utime(report, (later, later))
+    rerun = planned_outputs(snakemake(workflow_copy, "-n", "tables", *CI).stdout)
+    runs = {path for path in rerun if "/runs/" in path}
+    # Exactly the runs on Charades (fine-tuning and its probes), none of pre-training or of
+    # other datasets; the tables that read them, and A2 (statistics of every dataset).
+    assert runs == {p for p in everything if "/runs/" in p and "/charades/" in p}
+    assert runs and all("finetune-retrieval/" in path for path in runs)
+    tables = {Path(path).stem for path in rerun - runs}
+    assert tables == {"A2", "A5"}
 
 
 def test_paper_a1_a4_need_no_data(workflow_copy: Path) -> None:

@@ -2,7 +2,9 @@
 
 The URI is `tracking.uri` from the run config, else `$MLFLOW_TRACKING_URI`, else a local
 sqlite file `results/mlflow.db` (relative to the working directory: the repo root when
-Snakemake runs) with artifacts beside it in `results/mlartifacts`. Stages that Snakemake runs
+Snakemake runs) with artifacts beside it in `results/mlartifacts`. A relative store records
+that artifact directory relative too, so a copied or moved checkout logs into its own copy.
+Stages that Snakemake runs
 in parallel share that file: its creation (MLflow's schema migrations) happens under a file
 lock, and writes that still meet "database is locked" are retried with backoff. Multi-node
 cluster runs should use a tracking server (`http://host:5000`); one that does not answer
@@ -17,12 +19,13 @@ import fcntl
 import logging
 import os
 import random
+import sqlite3
 import subprocess
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -211,9 +214,26 @@ def _experiment_id(client: Any, uri: str, name: str) -> str:
     if experiment is not None:
         return experiment.experiment_id
     db = sqlite_path(uri)
-    # MLflow would put a sqlite store's artifacts in ./mlruns of whatever the CWD is.
-    location = (db.parent / "mlartifacts").resolve().as_uri() if db is not None else None
-    return client.create_experiment(name, artifact_location=location)
+    if db is None:  # a server: its own --artifacts-destination
+        return client.create_experiment(name)
+    # Beside the database; MLflow would use ./mlruns of whatever the CWD is.
+    artifacts = db.parent / "mlartifacts"
+    experiment_id = client.create_experiment(name, artifact_location=artifacts.resolve().as_uri())
+    if not db.is_absolute():
+        _record_relative_location(db, experiment_id, artifacts)
+    return experiment_id
+
+
+def _record_relative_location(db: Path, experiment_id: str, artifacts: Path) -> None:
+    """Store the artifact directory as written (relative to the working directory, like the
+    database's URI): MLflow makes every local location absolute, which would send a copied
+    store's artifacts back into the original directory. Runs take their artifact URI from
+    this column, and MLflow resolves a relative one against the working directory."""
+    with closing(sqlite3.connect(db, timeout=60)) as conn, conn:
+        conn.execute(
+            "UPDATE experiments SET artifact_location = ? WHERE experiment_id = ?",
+            (artifacts.as_posix(), int(experiment_id)),
+        )
 
 
 def _reopen_or_create(

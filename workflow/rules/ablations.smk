@@ -4,7 +4,7 @@
 
 rule probe_finetuned:
     input:
-        data=DATA_READY,
+        data=lambda wildcards: data_checks(wildcards.dataset),
         init=lambda wildcards: init_checkpoint(f"finetune-{wildcards.task}")(wildcards),
     output:
         metrics=f"{RUNS}/finetune-{{task}}/{{variant}}/T{{frames}}/{{dataset}}/{{probe}}/metrics.json",
@@ -22,6 +22,8 @@ rule probe_finetuned:
     threads: 1
     resources:
         gpu=0,
+    conda:
+        ENV
     shell:
         WRITE_CONFIG
         + "{params.launcher} svitt {params.command} --config {output.config} --out {params.out}"

@@ -1,32 +1,89 @@
 # Config validation, run resolution and input functions shared by every rule file.
 import shlex
+import sys
 from pathlib import Path
 
+import jsonschema
 import yaml
-from snakemake.utils import validate
 
 from svitt.report.runs import (
     ALL_TABLES,
-    CONFIG_TABLES,
     Profile,
     Run,
     Variant,
     figure_a1_runs,
     table_runs,
 )
-from svitt.report.specs import load_spec
+from svitt.report.specs import SpecError, load_datasets, load_spec
 
-validate(config, schema="../schemas/config.schema.yaml")
 
-PROFILE = Profile(config)
+def typed_scalar(text):
+    """A --config value as YAML would read it in a config file: Snakemake types top-level
+    values, but nested ones (`--config 'data={seed: 1}'`) arrive as strings."""
+    for parse in (int, float):
+        try:
+            return parse(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False, "null": None, "~": None}.get(text.lower(), text)
+
+
+def apply_typed_overrides(target, overrides):
+    """Re-type every nested string leaf that --config put into `target`."""
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(target.get(key), dict):
+            apply_typed_overrides(target[key], value)
+        elif isinstance(value, str):
+            target[key] = typed_scalar(value)
+        elif isinstance(value, list):
+            target[key] = [typed_scalar(v) if isinstance(v, str) else v for v in value]
+
+
+def config_error(error):
+    """One line naming the config key and what it allows (Snakemake's `validate` prints the
+    whole schema)."""
+    key = ".".join(map(str, error.absolute_path))
+    if error.validator == "additionalProperties":
+        allowed = ", ".join(error.schema.get("properties", {}))
+        unknown = sorted(set(error.instance) - set(error.schema.get("properties", {})))
+        names = ", ".join(f"{key}.{name}" if key else name for name in unknown)
+        return f"config: unknown key {names}; allowed keys{f' of {key}' if key else ''}: {allowed}"
+    if error.validator == "required" and not key:
+        return (
+            f"config: {error.message}; a partial config file (e.g. .test/config.yaml) goes after"
+            " a complete one: --configfile workflow/config/default.yaml .test/config.yaml"
+        )
+    return f"config {key or '(top level)'}: {error.message}"
+
+
+def check_config(config, schema_path):
+    with open(schema_path) as handle:
+        validator = jsonschema.Draft202012Validator(yaml.safe_load(handle))
+    error = jsonschema.exceptions.best_match(validator.iter_errors(config))
+    if error is not None:
+        sys.exit(config_error(error))
+
+
+apply_typed_overrides(config, dict(workflow.config_settings.config))
+check_config(config, workflow.source_path("../schemas/config.schema.yaml"))
+
+# Spec and sparsity-table errors: one line, as the config's.
+try:
+    PROFILE = Profile(config)
+    TOKENS_SPEC = load_spec(config["ablations"], "figure_tokens")
+    FIGURE_A1_SPEC = load_spec(config["ablations"], "figure_A1")
+except SpecError as err:
+    sys.exit(str(err))
 RESULTS = PROFILE.results
 RUNS = PROFILE.runs_dir
 DATA = config["data"]
 ABLATIONS = config["ablations"]
 PROFILE_DUMP = f"{RUNS}/profile.yaml"
-DATA_READY = f"{RUNS}/data/ready.txt"
-TOKENS_SPEC = load_spec(ABLATIONS, "figure_tokens")
-FIGURE_A1_SPEC = load_spec(ABLATIONS, "figure_A1")
+PRETRAINED_CHECK = f"{RUNS}/data/pretrained.txt"
+CLAIMS = f"{RESULTS}/claims.md"
+# Every rule's `conda:` (relative to workflow/rules/): the project installed with pip, for
+# `--use-conda`; without it rules run in the environment Snakemake runs in (`make`: .venv).
+ENV = "../envs/svitt.yaml"
 
 
 wildcard_constraints:
@@ -37,9 +94,19 @@ wildcard_constraints:
     table=r"A[0-9]+",
 
 
-def all_datasets():
-    names = [*config["pretrain"]["datasets"], *config["retrieval"]["datasets"]]
-    return list(dict.fromkeys(names + config["qa"]["datasets"]))
+def evaluated_datasets():
+    """Datasets whose test split an evaluation reads (every downstream dataset)."""
+    return list(dict.fromkeys(config["retrieval"]["datasets"] + config["qa"]["datasets"]))
+
+
+def validation_report(dataset):
+    return f"{RUNS}/data/{dataset}.json"
+
+
+def data_checks(*datasets):
+    """What a job reading `datasets` waits for: each one's validation report and the
+    pretrained-weights check. Per dataset, so re-validating one reruns only its dependents."""
+    return [*map(validation_report, dict.fromkeys(datasets)), PRETRAINED_CHECK]
 
 
 def pretrained_paths():
@@ -80,6 +147,11 @@ def table_files():
     return [f"{RESULTS}/tables/{t}.{ext}" for t in ALL_TABLES for ext in ("csv", "md", "tex")]
 
 
+def claims_files():
+    """The claims report's copy for the HTML report, if results/<profile>/claims.md exists."""
+    return [f"{RUNS}/report/claims.md"] if Path(CLAIMS).is_file() else []
+
+
 def figure_files():
     return [f"{RESULTS}/figures/{name}.png" for name in ["A1", *TOKENS_SPEC["figures"]]]
 
@@ -101,14 +173,15 @@ def table_inputs(wildcards):
     }
     if wildcards.table == "A2":
         inputs["datasets"] = f"{ABLATIONS}/datasets.tsv"
-        inputs["data"] = DATA_READY
+        # Statistics of every dataset of the table (the weights play no part).
+        inputs["data"] = [validation_report(name) for name in load_datasets(ABLATIONS)]
     return inputs
 
 
-def tokens_run(wildcards):
+def tokens_run(figure):
     model = TOKENS_SPEC["model"]
     variant = Variant(model["arch"], model["sparsity"])
-    dataset = TOKENS_SPEC["figures"][wildcards.figure]["dataset"]
+    dataset = TOKENS_SPEC["figures"][figure]["dataset"]
     return Run("tokens", variant, int(model["frames"]), dataset)
 
 
@@ -128,8 +201,8 @@ def extra_runs():
 def run_config(task, **fixed):
     """Params function: the run's resolved RunConfig as YAML text (svitt.report.runs).
 
-    Each stage rule writes it to the run's config.yaml in its own shell command: a separate
-    config job would cost a Snakemake subprocess per run. As a param, a changed config reruns
+    Each stage writes it to the run's config.yaml in its own shell command (a separate
+    config job would cost a Snakemake subprocess per run). As a param, a changed config reruns
     the run (Snakemake's params rerun trigger).
     """
 
@@ -144,11 +217,31 @@ def run_config(task, **fixed):
 WRITE_CONFIG = "printf '%s' {params.config:q} > {output.config} && "
 
 
+def table_and_figure_runs():
+    """Every run whose metrics a table or Figure A1 reads."""
+    runs = [run for table in ALL_TABLES for run in table_runs(PROFILE, table)]
+    return runs + figure_a1_runs(PROFILE, FIGURE_A1_SPEC)
+
+
+def check_runs():
+    """Resolve every run of the targets once at start-up: a bad RunConfig key anywhere (e.g.
+    `run.model.vision.dept`) stops the workflow with one line naming it, where an input
+    function's error would come as a traceback in the middle of the DAG."""
+    try:
+        runs = table_and_figure_runs() + extra_runs()
+        runs += [tokens_run(figure) for figure in TOKENS_SPEC["figures"]]
+        for run in dict.fromkeys(runs):
+            PROFILE.resolve(run)
+    except SpecError as err:
+        sys.exit(str(err))
+
+
+check_runs()
+
+
 def zero_shot_datasets():
     """Every dataset that a zero-shot run of the tables or figures evaluates."""
-    runs = [run for table in ALL_TABLES for run in table_runs(PROFILE, table)]
-    runs += figure_a1_runs(PROFILE, FIGURE_A1_SPEC)
-    return sorted({run.dataset for run in runs if run.task == "zero-shot"})
+    return sorted({run.dataset for run in table_and_figure_runs() if run.task == "zero-shot"})
 
 
 ZERO_SHOT_DATASETS = zero_shot_datasets()
@@ -169,4 +262,3 @@ def write_zero_shot_configs(wildcards, output):
         text = run_config("zero-shot", dataset=dataset)(wildcards)
         commands.append(f"printf '%s' {shlex.quote(text)} > {shlex.quote(path)}")
     return " && ".join(commands)
-

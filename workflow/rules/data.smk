@@ -1,6 +1,8 @@
-# Data and pretrained weights: generate (synthetic) or check (files) every dataset, then one
-# `ready` marker that every training job waits for, so a missing dataset or weight file stops
-# the run before any training. The config-only tables (A1, A4) do not depend on these rules.
+# Data and pretrained weights: generate (synthetic) or check (files) every dataset. Each job
+# waits for the validation reports of the datasets it reads and for `check_pretrained`
+# (`data_checks` in common.smk), so a missing dataset or weight file stops the run before the
+# training that needs it, and re-validating one dataset reruns only that dataset's jobs. The
+# config-only tables (A1, A4) do not depend on these rules.
 # Priority: the checks run first, so a failure stops the run before other work piles up.
 
 # Shell commands throughout: a `run:` block costs a Snakemake subprocess per job.
@@ -9,7 +11,7 @@
 localrules:
     profile_config,
     check_pretrained,
-    data_ready,
+    claims_report,
 
 
 rule profile_config:
@@ -19,8 +21,12 @@ rule profile_config:
     params:
         # A function, so Snakemake does not expand `{resources.gpu}` in the profile's launcher.
         config=lambda wildcards: yaml.safe_dump(dict(config), sort_keys=False),
+    log:
+        f"{RUNS}/logs/profile_config.log",
+    conda:
+        ENV
     shell:
-        "printf '%s' {params.config:q} > {output}.tmp && mv {output}.tmp {output}"
+        "printf '%s' {params.config:q} > {output}.tmp 2> {log} && mv {output}.tmp {output}"
 
 
 if DATA["source"] == "synthetic":
@@ -35,27 +41,38 @@ if DATA["source"] == "synthetic":
             seed=DATA.get("seed", 0),
         log:
             f"{RUNS}/data/synthetic.log",
-        threads: workflow.cores
+        # A function: `workflow.cores` is unset where nothing runs (`snakemake --report`).
+        threads: lambda wildcards: workflow.cores
         priority: 10
+        conda:
+            ENV
         shell:
             "svitt synthetic --out {output} --size {params.size} --seed {params.seed}"
             " > {log} 2>&1"
 
 
 rule validate_data:
-    """Decode every video of a dataset and check its annotations; fails naming a missing path."""
+    """Decode every video of a dataset and check its annotations; fails naming a missing path.
+    Strict (a bad video fails the job) for the datasets that an evaluation reads, since
+    evaluation refuses bad videos: better now than after pre-training. Training drops bad
+    videos, so a pre-training-only dataset only lists them in its report."""
     input:
         generated=[DATA["root"]] if DATA["source"] == "synthetic" else [],
     output:
-        f"{RUNS}/data/{{dataset}}.json",
+        validation_report("{dataset}"),
     params:
-        root=DATA["root"],
+        # A function: for `files` the root is no input of the job (a missing root must fail in
+        # the job, whose log names it), and the linter asks for inputs over hardcoded prefixes.
+        root=lambda wildcards: DATA["root"],
+        strict=lambda wildcards: "--strict" if wildcards.dataset in evaluated_datasets() else "",
     log:
         f"{RUNS}/data/{{dataset}}.log",
     priority: 10
+    conda:
+        ENV
     shell:
         "svitt validate-data --root {params.root} --dataset {wildcards.dataset} --out {output}"
-        " > {log} 2>&1"
+        " {params.strict} > {log} 2>&1"
 
 
 rule check_pretrained:
@@ -63,21 +80,15 @@ rule check_pretrained:
     input:
         generated=[DATA["root"]] if DATA["source"] == "synthetic" else [],
     output:
-        f"{RUNS}/data/pretrained.txt",
+        PRETRAINED_CHECK,
     params:
         paths=pretrained_paths(),
+    log:
+        f"{RUNS}/data/pretrained.log",
     priority: 10
+    conda:
+        ENV
     shell:
-        "for path in {params.paths:q}; do test -e \"$path\" || {{ echo \"pretrained weights /"
-        " tokenizer not found: $path (set the paths in the profile config; nothing is"
-        " downloaded)\" >&2; exit 1; }}; done; printf '%s\\n' {params.paths:q} > {output}"
-
-
-rule data_ready:
-    input:
-        reports=[f"{RUNS}/data/{name}.json" for name in all_datasets()],
-        pretrained=rules.check_pretrained.output,
-    output:
-        DATA_READY,
-    shell:
-        "printf '%s\\n' {input.reports:q} > {output}"
+        ": > {log}; for path in {params.paths:q}; do test -e \"$path\" || {{ echo \"pretrained"
+        " weights / tokenizer not found: $path (set the paths in the profile config; nothing is"
+        " downloaded)\" | tee {log} >&2; exit 1; }}; done; printf '%s\\n' {params.paths:q} > {output}"

@@ -6,7 +6,7 @@ rule zero_shot:
     """One checkpoint, one probe, every zero-shot dataset: one process (libraries and model load
     once), one run directory and MLflow run per dataset."""
     input:
-        data=DATA_READY,
+        data=data_checks(*ZERO_SHOT_DATASETS),
         # The pre-trained checkpoint, the same for every dataset.
         init=init_checkpoint("zero-shot", dataset=ZERO_SHOT_DATASETS[0]),
     output:
@@ -24,6 +24,8 @@ rule zero_shot:
     threads: 1
     resources:
         gpu=0,
+    conda:
+        ENV
     shell:
         "{params.write_configs} && {params.launcher} svitt eval-retrieval {params.runs}"
         " {params.init} > {log} 2>&1"
@@ -31,7 +33,7 @@ rule zero_shot:
 
 rule finetune:
     input:
-        data=DATA_READY,
+        data=lambda wildcards: data_checks(wildcards.dataset),
         init=lambda wildcards: init_checkpoint(f"finetune-{wildcards.task}")(wildcards),
     output:
         checkpoint=f"{RUNS}/finetune-{{task}}/{{variant}}/T{{frames}}/{{dataset}}/checkpoint.pt",
@@ -49,6 +51,8 @@ rule finetune:
     threads: 1
     resources:
         gpu=0,
+    conda:
+        ENV
     shell:
         WRITE_CONFIG + "{params.launcher} svitt finetune-{wildcards.task} --config {output.config}"
         " --out {params.out} {params.init} > {log} 2>&1"

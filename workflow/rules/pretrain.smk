@@ -5,7 +5,7 @@
 
 rule pretrain:
     input:
-        data=DATA_READY,
+        data=data_checks(*config["pretrain"]["datasets"]),
         init=init_checkpoint("pretrain"),
     output:
         checkpoint=f"{RUNS}/pretrain/{{variant}}/T{{frames}}/checkpoint.pt",
@@ -21,6 +21,8 @@ rule pretrain:
     threads: 1
     resources:
         gpu=0,
+    conda:
+        ENV
     shell:
         WRITE_CONFIG + "{params.launcher} svitt pretrain --config {output.config} --out {params.out}"
         " {params.init} > {log} 2>&1"

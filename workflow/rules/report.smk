@@ -10,7 +10,11 @@ rule table:
             f"{RESULTS}/tables/{{table}}.csv",
             caption="../report/table.rst",
             category="Tables",
-            labels={"table": "{table}"},
+            # The title too: the report's front page shows each table under it (workflow.rst).
+            labels=lambda wildcards: {
+                "table": wildcards.table,
+                "title": load_spec(ABLATIONS, wildcards.table)["title"],
+            },
         ),
         markdown=f"{RESULTS}/tables/{{table}}.md",
         latex=f"{RESULTS}/tables/{{table}}.tex",
@@ -18,9 +22,25 @@ rule table:
         out=lambda wildcards, output: Path(output.csv).parent,
     log:
         f"{RUNS}/logs/table-{{table}}.log",
+    conda:
+        ENV
     shell:
         "svitt table {wildcards.table} --profile {input.profile} --out-dir {params.out}"
         " > {log} 2>&1"
+
+
+rule claims_report:
+    """The claims report next to the tables (when there is one), for the HTML report."""
+    input:
+        CLAIMS,
+    output:
+        report(f"{RUNS}/report/claims.md", category="Claims"),
+    log:
+        f"{RUNS}/logs/claims_report.log",
+    conda:
+        ENV
+    shell:
+        "cp {input} {output} 2> {log}"
 
 
 rule figure_keep_rate:
@@ -37,14 +57,16 @@ rule figure_keep_rate:
         ),
     log:
         f"{RUNS}/logs/figure-A1.log",
+    conda:
+        ENV
     shell:
         "svitt figure keep-rate --profile {input.profile} --out {output} > {log} 2>&1"
 
 
 rule figure_tokens:
     input:
-        checkpoint=lambda wildcards: PROFILE.checkpoint(tokens_run(wildcards)),
-        data=DATA_READY,
+        checkpoint=lambda wildcards: PROFILE.checkpoint(tokens_run(wildcards.figure)),
+        data=lambda wildcards: data_checks(TOKENS_SPEC["figures"][wildcards.figure]["dataset"]),
     output:
         png=report(
             f"{RESULTS}/figures/{{figure}}.png",
@@ -56,11 +78,13 @@ rule figure_tokens:
     wildcard_constraints:
         figure="|".join(TOKENS_SPEC["figures"]),
     params:
-        config=lambda wildcards: yaml.safe_dump(PROFILE.resolve(tokens_run(wildcards))),
+        config=lambda wildcards: yaml.safe_dump(PROFILE.resolve(tokens_run(wildcards.figure))),
         clips=lambda wildcards: " ".join(map(str, TOKENS_SPEC["figures"][wildcards.figure]["clips"])),
     log:
         f"{RUNS}/logs/figure-{{figure}}.log",
     threads: 1
+    conda:
+        ENV
     shell:
         WRITE_CONFIG + "svitt figure tokens --checkpoint {input.checkpoint} --config"
         " {output.config} --clips {params.clips} --out {output.png} > {log} 2>&1"
