@@ -3,6 +3,10 @@
 Each command lives in the module that implements it; that module defines
 `add_arguments(parser, command)` and `run(args) -> int`. Only the chosen command's module is
 imported, so `svitt --help` is instant and a broken optional stage cannot break the others.
+
+How a command ends: a `UserError` (bad input) prints one line `svitt <command>: error: ...`
+and exits with status 2; SIGINT / SIGTERM print one line saying what was kept and how to
+resume, and exit with 130 / 143; any other exception is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -11,6 +15,9 @@ import argparse
 import importlib
 import logging
 import sys
+
+from svitt import __version__
+from svitt.errors import Interrupted, UserError, one_line, raise_on_stop_signals
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "synthetic": ("svitt.data.synthetic", "generate the embedded synthetic temporal benchmark"),
@@ -31,7 +38,8 @@ def _usage() -> str:
     return (
         "usage: svitt <command> [options]\n\ncommands:\n"
         + "\n".join(lines)
-        + ("\n\n`svitt <command> --help` lists the options of a command.")
+        + "\n\n`svitt <command> --help` lists the options of a command; "
+        "`svitt --version` prints the version."
     )
 
 
@@ -39,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
+        return 0
+    if argv[0] == "--version":
+        print(f"svitt {__version__}")
         return 0
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:
@@ -53,7 +64,15 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    return int(module.run(args) or 0)
+    try:
+        with raise_on_stop_signals():
+            return int(module.run(args) or 0)
+    except UserError as err:
+        print(f"svitt {command}: error: {one_line(err)}", file=sys.stderr)
+        return 2
+    except Interrupted as stop:
+        print(f"svitt {command}: {stop}", file=sys.stderr)
+        return stop.exit_code
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import pytest
 from svitt.data.annotations import (
     REGISTRY,
     AnnotationError,
+    DatasetError,
     annotation_counts,
     dataset_paths,
     load_answer_list,
@@ -36,11 +37,11 @@ def test_registry_resolves_paper_datasets_under_root(tmp_path):
     assert paths.annotation("test") == tmp_path / "agqa" / "annotations" / "test.json"
     assert paths.answer_list == tmp_path / "agqa" / "annotations" / "answer_list.json"
     assert paths.video("v1.mp4") == tmp_path / "agqa" / "videos" / "v1.mp4"
-    with pytest.raises(KeyError, match=r"no split 'test'.*allowed: train"):
+    with pytest.raises(DatasetError, match=r"no split 'test'.*allowed: train"):
         dataset_paths(tmp_path, "webvid").annotation("test")
-    with pytest.raises(KeyError, match="has no answer list"):
+    with pytest.raises(DatasetError, match="has no answer list"):
         _ = dataset_paths(tmp_path, "msrvtt").answer_list
-    with pytest.raises(KeyError, match=r"unknown dataset 'kinetics'.*webvid"):
+    with pytest.raises(DatasetError, match=r"unknown dataset 'kinetics'.*webvid"):
         dataset_paths(tmp_path, "kinetics")
 
 

@@ -9,7 +9,6 @@ import torch
 
 from svitt.config import RunConfig, asdict
 from svitt.engine.checkpoint import (
-    atomic_write,
     finished_run,
     load_checkpoint,
     rng_state,
@@ -19,6 +18,7 @@ from svitt.engine.checkpoint import (
     set_rng_state,
 )
 from svitt.engine.optim import build_scheduler, lr_factor, no_decay_names
+from svitt.files import atomic_write
 
 
 def test_checkpoint_loads_with_weights_only_and_restores_rng(tmp_path):
@@ -66,7 +66,7 @@ def test_missing_or_foreign_checkpoint_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="checkpoint not found"):
         load_checkpoint(tmp_path / "nope.pt")
     torch.save({"weights": torch.zeros(1)}, tmp_path / "other.pt")
-    with pytest.raises(ValueError, match="not an svitt checkpoint"):
+    with pytest.raises(ValueError, match="not a svitt checkpoint"):
         load_checkpoint(tmp_path / "other.pt")
 
 

@@ -21,12 +21,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from svitt.errors import MissingFileError, UserError
+
 Task = Literal["pretrain", "retrieval", "qa"]
 Split = Literal["train", "test"]
 
 
-class AnnotationError(ValueError):
+class AnnotationError(UserError, ValueError):
     """An annotation file is malformed; the message names the file, entry index and field."""
+
+
+class DatasetError(UserError, LookupError):
+    """A dataset name, split or file that the registry does not know."""
 
 
 @dataclass(frozen=True)
@@ -58,7 +64,7 @@ REGISTRY: dict[str, DatasetSpec] = {
 
 def dataset_spec(name: str) -> DatasetSpec:
     if name not in REGISTRY:
-        raise KeyError(f"unknown dataset {name!r}; known datasets: {', '.join(REGISTRY)}")
+        raise DatasetError(f"unknown dataset {name!r}; known datasets: {', '.join(REGISTRY)}")
     return REGISTRY[name]
 
 
@@ -79,7 +85,7 @@ class DatasetPaths:
 
     def annotation(self, split: Split) -> Path:
         if split not in self.spec.splits:
-            raise KeyError(
+            raise DatasetError(
                 f"dataset {self.spec.name!r} has no split {split!r}; "
                 f"allowed: {', '.join(self.spec.splits)}"
             )
@@ -88,7 +94,7 @@ class DatasetPaths:
     @property
     def answer_list(self) -> Path:
         if not self.spec.has_answer_list:
-            raise KeyError(f"dataset {self.spec.name!r} ({self.spec.task}) has no answer list")
+            raise DatasetError(f"dataset {self.spec.name!r} ({self.spec.task}) has no answer list")
         return self.base / "annotations" / "answer_list.json"
 
     def video(self, name: str) -> Path:
@@ -127,7 +133,7 @@ class QAItem:
 
 def _read_list(path: Path) -> list[Any]:
     if not path.is_file():
-        raise FileNotFoundError(f"annotation file not found: {path}")
+        raise MissingFileError(f"annotation file not found: {path}")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:

@@ -26,7 +26,7 @@ def check(cfg: RunConfig) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    return runner.guarded("pretrain", lambda: _run(args))
+    return runner.guarded(lambda: _run(args))
 
 
 def train_video_text(

@@ -21,6 +21,7 @@ from svitt.models.bert import BertEmbeddings, BertLayer, BertOnlyMLMHead, init_b
 from svitt.models.singularity import Singularity
 from svitt.models.svitt import SViTT
 from svitt.models.text import IGNORE_INDEX, additive_mask
+from svitt.models.weights import WeightsError
 
 ENCODERS: dict[str, type[SViTT]] = {"svitt": SViTT, "singularity": Singularity}
 
@@ -87,7 +88,7 @@ class VideoQA(nn.Module):
         layers and MLM head."""
         missing, _ = self.encoder.load_state_dict(state, strict=False)
         if missing:
-            raise KeyError(
+            raise WeightsError(
                 f"pre-trained state dict lacks {len(missing)} encoder weights of arch "
                 f"{self.cfg.arch!r}, e.g. {missing[:3]}"
             )
