@@ -11,66 +11,14 @@ import torch
 import yaml
 
 from svitt.cli import main
-from svitt.data.synthetic import generate
-
-TINY = {
-    "seed": 0,
-    "device": "cpu",
-    "model": {
-        "vision": {
-            "image_size": 16,
-            "patch_size": 8,
-            "num_frames": 4,
-            "dim": 32,
-            "depth": 2,
-            "heads": 2,
-        },
-        "text": {
-            "dim": 32,
-            "depth": 2,
-            "cross_depth": 1,
-            "heads": 2,
-            "mlp_dim": 64,
-            "max_positions": 32,
-        },
-        "sparsity": {
-            "attention": "sparse",
-            "block_size": 4,
-            "random_blocks": 1,
-            "visual_keep_rate": 0.75,
-            "visual_drop_layers": [0],
-            "cross_drop_layers": [0],
-        },
-        "embed_dim": 16,
-        "qa_decoder_depth": 1,
-    },
-    "data": {"num_workers": 0, "text_max_len": 16, "train": ["webvid"]},
-    "optim": {
-        "lr": 0.002,
-        "epochs": 2,
-        "warmup_epochs": 0.5,
-        "batch_size": 8,
-        "checkpoint_every": 2,
-    },
-    "eval": {"batch_size": 16, "k_test": 4, "answer_top_k": 8},
-}
 
 
 @pytest.fixture(scope="module")
-def bench(tmp_path_factory):
+def bench(make_bench):
     """The ci benchmark, a config for it, and one MLflow store for the whole module."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny matrices: threads only add overhead
-    base = tmp_path_factory.mktemp("engine")
-    root = base / "data"
-    generate(root, size="ci", seed=0, workers=1)
-    config = dict(
-        TINY, data={**TINY["data"], "root": str(root), "tokenizer": str(root / "tokenizer")}
-    )
-    config["tracking"] = {"uri": f"sqlite:///{base}/mlflow/mlflow.db"}
-    path = base / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    yield {"base": base, "config": str(path), "db": base / "mlflow" / "mlflow.db"}
+    yield make_bench("engine")
     torch.set_num_threads(threads)
 
 
@@ -295,7 +243,7 @@ def test_every_stage_is_recorded_in_mlflow(bench, pretrained):
 
 def test_bad_videos_are_skipped_in_training_and_fail_evaluation_unless_allowed(bench, capsys):
     root = bench["base"] / "bad-data"
-    shutil.copytree(bench["base"] / "data" / "msrvtt", root / "msrvtt")
+    shutil.copytree(bench["root"] / "msrvtt", root / "msrvtt")
     (root / "msrvtt" / "videos" / "train00000.mp4").write_bytes(b"not a video")
     (root / "msrvtt" / "videos" / "test00003.mp4").write_bytes(b"not a video")
     data = ["--set", f"data.root={root}", "--set", "data.dataset=msrvtt"]
