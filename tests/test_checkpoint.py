@@ -109,3 +109,34 @@ def test_no_weight_decay_on_norms_biases_and_listed_parameters():
             return {"table"}
 
     assert no_decay_names(Net()) == {"proj.bias", "norm.weight", "norm.bias", "table"}
+
+
+def test_backward_of_a_table_lookup_is_bit_exact_at_two_threads():
+    """On CPU with several threads the accumulating backward of an index lookup (the relative
+    bias table's) adds in thread order, so two identical runs differed; a stage with more than
+    one thread switches torch to its deterministic kernels, and restores the setting after."""
+    from svitt.engine.runner import deterministic_threads, guarded
+
+    generator = torch.Generator().manual_seed(0)
+    table = torch.randn(1000, 4, generator=generator, requires_grad=True)
+    index = torch.randint(0, 1000, (8, 65, 65), generator=generator)
+    weight = torch.randn(8, 65, 65, 4, generator=generator)
+
+    def grad() -> torch.Tensor:
+        table.grad = None
+        (table[index] * weight).sum().backward()
+        return table.grad.clone()
+
+    def stage() -> int:
+        deterministic_threads()
+        first = grad()
+        assert all(torch.equal(first, grad()) for _ in range(5))
+        return 0
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert guarded(stage) == 0
+    finally:
+        torch.set_num_threads(threads)
+    assert not torch.are_deterministic_algorithms_enabled()

@@ -310,6 +310,7 @@ def start_run(
     _setup_logging(out, env)
     if env.device.type == "cpu":
         retain_freed_memory()
+        deterministic_threads()
     seed_everything(cfg.seed + env.rank)
     resume_id = resume_state.get("tracking_run_id") if resume_state else None
     tracker = Tracker.start(
@@ -333,6 +334,15 @@ def start_run(
     run = Run(stage, cfg, out, env, tokenizer, identity, tracker, args.init_from, [], resume_state)
     _ACTIVE.append(run)
     return run
+
+
+def deterministic_threads() -> None:
+    """Bit-exact repeats (and resumes) on CPU at any thread count. With several threads the
+    accumulating backward of an index lookup (the relative-bias table) adds in whatever order
+    the threads meet; torch's deterministic kernels do not. One thread is deterministic
+    already and keeps its kernels, so the DAG's runs (1 thread each) are unchanged."""
+    if torch.get_num_threads() > 1:
+        torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 def _resume_state(last: Path, identity: Mapping[str, Any], force: bool) -> dict[str, Any] | None:
@@ -406,7 +416,12 @@ def run_stage(args: argparse.Namespace, body: Callable[[argparse.Namespace, str]
 
 def guarded(body: Callable[[], int]) -> int:
     """Run a stage; whatever ends it early ends its MLflow run too (KILLED on an interrupt,
-    FAILED otherwise) and closes its log file. The CLI turns the exception into its line."""
+    FAILED otherwise). Its log file and torch's determinism setting (`deterministic_threads`)
+    end with it. The CLI turns the exception into its line."""
+    deterministic = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+    )
     try:
         return body()
     except (Interrupted, KeyboardInterrupt):
@@ -418,6 +433,7 @@ def guarded(body: Callable[[], int]) -> int:
     finally:
         dist_utils.shutdown()
         _close_log_file()
+        torch.use_deterministic_algorithms(deterministic[0], warn_only=deterministic[1])
 
 
 def _close_log_file() -> None:
