@@ -1,8 +1,10 @@
 """`svitt <command> ...`: the one entry point every Snakemake rule calls.
 
-Each command lives in the module that implements it; that module defines
-`add_arguments(parser, command)` and `run(args) -> int`. Only the chosen command's module is
-imported, so `svitt --help` is instant and a broken optional stage cannot break the others.
+Each command lives in the module that implements it: `run(args) -> int`, and
+`add_arguments(parser, command)` there or, for the stages, in the light `svitt.engine.options`.
+Only the chosen command's modules are imported, after its arguments are parsed, so
+`svitt --help` and `svitt <command> --help` are instant and a broken optional stage cannot
+break the others.
 
 How a command ends: a `UserError` (bad input) prints one line `svitt <command>: error: ...`
 and exits with status 2; SIGINT / SIGTERM print one line saying what was kept and how to
@@ -15,26 +17,49 @@ import argparse
 import importlib
 import logging
 import sys
+from dataclasses import dataclass
 
 from svitt import __version__
 from svitt.errors import Interrupted, UserError, one_line, raise_on_stop_signals
 
-COMMANDS: dict[str, tuple[str, str]] = {
-    "synthetic": ("svitt.data.synthetic", "generate the embedded synthetic temporal benchmark"),
-    "validate-data": ("svitt.data.validate", "scan a dataset's videos and write a report"),
-    "pretrain": ("svitt.engine.pretrain", "pre-train with VTC + VTM + MLM"),
-    "eval-retrieval": ("svitt.engine.retrieval", "zero-shot text-to-video retrieval"),
-    "finetune-retrieval": ("svitt.engine.retrieval", "fine-tune, then evaluate retrieval"),
-    "finetune-qa": ("svitt.engine.qa", "fine-tune the answer decoder, then evaluate QA"),
-    "eval-qa": ("svitt.engine.qa", "evaluate video QA by ranking the answer list"),
-    "table": ("svitt.report.tables", "write one of the supplement's tables from metrics files"),
-    "figure": ("svitt.report.figures", "draw one of the supplement's figures"),
+
+@dataclass(frozen=True)
+class Command:
+    module: str  # defines run(args) -> int
+    text: str
+    # defines add_arguments(parser, command); the stages' is light, so `--help` is fast
+    options: str | None = None
+
+
+STAGE_OPTIONS = "svitt.engine.options"
+COMMANDS: dict[str, Command] = {
+    "synthetic": Command(
+        "svitt.data.synthetic", "generate the embedded synthetic temporal benchmark"
+    ),
+    "validate-data": Command("svitt.data.validate", "scan a dataset's videos and write a report"),
+    "pretrain": Command("svitt.engine.pretrain", "pre-train with VTC + VTM + MLM", STAGE_OPTIONS),
+    "eval-retrieval": Command(
+        "svitt.engine.retrieval", "zero-shot text-to-video retrieval", STAGE_OPTIONS
+    ),
+    "finetune-retrieval": Command(
+        "svitt.engine.retrieval", "fine-tune, then evaluate retrieval", STAGE_OPTIONS
+    ),
+    "finetune-qa": Command(
+        "svitt.engine.qa", "fine-tune the answer decoder, then evaluate QA", STAGE_OPTIONS
+    ),
+    "eval-qa": Command(
+        "svitt.engine.qa", "evaluate video QA by ranking the answer list", STAGE_OPTIONS
+    ),
+    "table": Command(
+        "svitt.report.tables", "write one of the supplement's tables from metrics files"
+    ),
+    "figure": Command("svitt.report.figures", "draw one of the supplement's figures"),
 }
 
 
 def _usage() -> str:
     width = max(map(len, COMMANDS))
-    lines = [f"  {name:<{width}}  {text}" for name, (_, text) in COMMANDS.items()]
+    lines = [f"  {name:<{width}}  {cmd.text}" for name, cmd in COMMANDS.items()]
     return (
         "usage: svitt <command> [options]\n\ncommands:\n"
         + "\n".join(lines)
@@ -55,12 +80,12 @@ def main(argv: list[str] | None = None) -> int:
     if command not in COMMANDS:
         print(f"svitt: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
         return 2
-    module_name, text = COMMANDS[command]
-    module = importlib.import_module(module_name)
-    parser = argparse.ArgumentParser(prog=f"svitt {command}", description=text)
-    module.add_arguments(parser, command)
+    spec = COMMANDS[command]
+    parser = argparse.ArgumentParser(prog=f"svitt {command}", description=spec.text)
+    importlib.import_module(spec.options or spec.module).add_arguments(parser, command)
     args = parser.parse_args(rest)
     args.command = command
+    module = importlib.import_module(spec.module)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

@@ -18,6 +18,7 @@ import pytest
 import torch
 import yaml
 
+import svitt
 from svitt.cli import main
 from svitt.config import ConfigError, asdict, load_config
 from svitt.data.annotations import AnnotationError, DatasetError
@@ -314,3 +315,20 @@ def test_every_user_error_class_is_covered():
 
     defined = {c for c in subclasses(UserError) if c.__module__.startswith("svitt.")}
     assert defined == {type(e) for e in USER_ERRORS}
+
+
+# --- the CLI's own options -------------------------------------------------------------------
+
+
+def test_version_and_stage_help_import_neither_torch_nor_mlflow(capsys):
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out == f"svitt {svitt.__version__}\n"
+    script = (
+        "import sys\nfrom svitt.cli import main\ntry:\n    main(['finetune-qa', '--help'])\n"
+        "except SystemExit as end:\n    assert end.code == 0\n"
+        "print(sorted(m for m in ('torch', 'mlflow') if m in sys.modules))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert "--max-steps-this-run" in done.stdout and done.stdout.endswith("[]\n")

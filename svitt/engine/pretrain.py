@@ -17,10 +17,6 @@ from svitt.engine import runner
 from svitt.engine.distributed import gather_with_grad
 
 
-def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
-    runner.add_common_arguments(parser, training=True)
-
-
 def check(cfg: RunConfig) -> None:
     runner.check_datasets(cfg, cfg.data.train, ["pretrain", "retrieval"], "train")
 

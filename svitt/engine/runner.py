@@ -65,68 +65,7 @@ class StageError(UserError, RuntimeError):
     """A stage cannot run as asked; the message says what to change."""
 
 
-# --- options and config -----------------------------------------------------------------------
-
-
-def add_common_arguments(parser: argparse.ArgumentParser, training: bool) -> None:
-    # Evaluations take several --config/--out pairs: one process (libraries and the model
-    # load once) writes one run directory and one MLflow run per pair.
-    repeat = {} if training else {"action": "append"}
-    parser.add_argument(
-        "--config",
-        required=True,
-        type=Path,
-        help="run config (YAML or JSON)" + ("" if training else "; repeatable, with --out"),
-        **repeat,
-    )
-    parser.add_argument(
-        "--out",
-        required=True,
-        type=Path,
-        help="run directory: metrics.json, log.txt"
-        + (
-            ", checkpoint.pt (final) and last.pt (resumable)"
-            if training
-            else "; one per --config, evaluated in the given order"
-        ),
-        **repeat,
-    )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override one config value, dotted key and YAML value, e.g. "
-        "eval.frame_order=shuffle (repeatable, applied in order)",
-    )
-    parser.add_argument(
-        "--init-from",
-        type=Path,
-        default=None,
-        required=not training,
-        metavar="CKPT",
-        help="checkpoint.pt to start from"
-        + (
-            " (another clip length is inflated; default: model.weights or scratch)"
-            if training
-            else " (the model to evaluate; another clip length is inflated)"
-        ),
-    )
-    parser.add_argument(
-        "--force",
-        action="store_true",
-        help="overwrite a finished run in --out whose config differs"
-        + (", and ignore its last.pt instead of resuming" if training else ""),
-    )
-    if training:
-        parser.add_argument(
-            "--max-steps-this-run",
-            type=int,
-            default=None,
-            metavar="N",
-            help="stop after N optimizer steps, leaving a resumable last.pt (rerun to resume)",
-        )
+# --- config ------------------------------------------------------------------------------------
 
 
 def resolve_config(args: argparse.Namespace) -> RunConfig:
