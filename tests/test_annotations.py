@@ -45,6 +45,25 @@ def test_registry_resolves_paper_datasets_under_root(tmp_path):
         dataset_paths(tmp_path, "kinetics")
 
 
+def test_a_new_dataset_declares_itself_in_its_folder(tmp_path):
+    declaration = tmp_path / "vatex" / "dataset.json"
+    declaration.parent.mkdir()
+    declaration.write_text(json.dumps({"task": "retrieval", "splits": ["test"]}))
+    paths = dataset_paths(tmp_path, "vatex")
+    assert (paths.spec.task, paths.spec.splits) == ("retrieval", ("test",))
+    assert paths.annotation("test") == tmp_path / "vatex" / "annotations" / "test.json"
+    with pytest.raises(DatasetError, match=r"no split 'train'.*allowed: test"):
+        paths.annotation("train")
+    declaration.write_text(json.dumps({"task": "captions", "splits": ["test"]}))
+    with pytest.raises(AnnotationError, match=r"dataset.json: task: got 'captions'; allowed: pre"):
+        dataset_paths(tmp_path, "vatex")
+    declaration.write_text(json.dumps({"task": "qa", "splits": ["val"]}))
+    with pytest.raises(AnnotationError, match=r"splits: got \['val'\]; allowed: a non-empty"):
+        dataset_paths(tmp_path, "vatex")
+    with pytest.raises(DatasetError, match=r"or a new one declared by .*kinetics/dataset\.json"):
+        dataset_paths(tmp_path, "kinetics")
+
+
 def test_text_video_joins_paragraphs_and_expands_multi_video(tmp_path):
     path = write(
         tmp_path / "a.json",

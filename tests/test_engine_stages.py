@@ -131,6 +131,27 @@ def test_one_evaluation_process_writes_one_run_per_config(bench, pretrained, cap
     assert "2 --config but 1 --out" in capsys.readouterr().err
 
 
+def test_a_declared_dataset_runs_without_a_registered_name(bench, pretrained):
+    """A test-only copy of MSR-VTT under a new name, declared by its dataset.json: validated
+    and evaluated like the registered one."""
+    root = bench["base"] / "new-data"
+    shutil.copytree(bench["root"] / "msrvtt", root / "vatex")
+    (root / "vatex" / "annotations" / "train.json").unlink()
+    (root / "vatex" / "dataset.json").write_text('{"task": "retrieval", "splits": ["test"]}')
+    report = bench["base"] / "vatex.json"
+    validate = ["validate-data", "--root", str(root), "--dataset", "vatex", "--out", str(report)]
+    assert main([*validate, "--workers", "1", "--strict"]) == 0
+    assert json.loads(report.read_text())["num_bad"] == 0
+    out = bench["base"] / "vatex-zero-shot"
+    data = ["--set", f"data.root={root}", "--set", "data.dataset=vatex"]
+    assert (
+        stage(bench, "eval-retrieval", out, *data, "--init-from", str(pretrained / "checkpoint.pt"))
+        == 0
+    )
+    metrics = metrics_of(out)
+    assert metrics["dataset"] == "vatex" and metrics["num_queries"] == 16
+
+
 def test_multi_positive_retrieval_counts_label_queries(bench, pretrained):
     out = bench["base"] / "ssv2"
     ckpt = str(pretrained / "checkpoint.pt")

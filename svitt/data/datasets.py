@@ -279,11 +279,12 @@ def collator(cfg: RunConfig, tokenizer: TextTokenizer, clips: ClipLoader) -> Col
 
 
 def _downstream(cfg: RunConfig, task: str) -> str:
-    from svitt.data.annotations import REGISTRY, dataset_spec
+    from svitt.data.annotations import REGISTRY, find_spec
 
     name = cfg.data.dataset
     allowed = [n for n, s in REGISTRY.items() if s.task == task]
-    if name is None or dataset_spec(name).task != task:
+    spec = None if name is None else find_spec(name, cfg.data.root)
+    if spec is None or spec.task != task:
         raise ConfigError(f"data.dataset: got {name!r}; allowed for {task}: {allowed}")
     return name
 

@@ -190,15 +190,19 @@ def autocast(env: DistEnv) -> Any:
 
 def check_datasets(cfg: RunConfig, names: Sequence[str], tasks: Sequence[str], split: str) -> None:
     """Each dataset is registered for one of `tasks` and its annotation file exists."""
-    from svitt.data.annotations import REGISTRY, dataset_paths
+    from svitt.data.annotations import DECLARATION, REGISTRY, dataset_paths, find_spec
 
     allowed = [name for name, spec in REGISTRY.items() if spec.task in tasks]
     key = "data.dataset" if len(tasks) == 1 and tasks[0] != "pretrain" else "data.train"
     if not names:
         raise ConfigError(f"{key}: got nothing; allowed: {allowed}")
     for name in names:
-        if name not in allowed:
-            raise ConfigError(f"{key}: got {name!r}; allowed: {allowed}")
+        spec = find_spec(name, cfg.data.root)
+        if spec is None or spec.task not in tasks:
+            raise ConfigError(
+                f"{key}: got {name!r}; allowed: {allowed}, or a {'/'.join(tasks)} dataset "
+                f"declared by {DECLARATION} in its folder under data.root"
+            )
         annotation = dataset_paths(cfg.data.root, name).annotation(split)  # type: ignore[arg-type]
         if not annotation.is_file():
             raise MissingFileError(
