@@ -2,6 +2,7 @@
 exact resume, finished-run detection, MLflow records and bad-input errors."""
 
 import json
+import re
 import shutil
 import sqlite3
 from pathlib import Path
@@ -49,7 +50,10 @@ def test_pretrain_writes_outputs_and_losses_fall(pretrained):
     assert metrics["train_steps"] == 16  # 64 pairs / 8 per batch * 2 epochs
     assert metrics["skipped_videos"] == []
     assert (pretrained / "checkpoint.pt").is_file() and not (pretrained / "last.pt").exists()
-    assert "epoch 2/2" in (pretrained / "log.txt").read_text()
+    log = (pretrained / "log.txt").read_text()
+    assert "epoch 2/2" in log
+    # no terminal here: progress lines with step/total, rate and ETA (at least the last step)
+    assert re.search(r"step 16/16  [0-9.]+ steps/s  ETA 00:00:00  loss [0-9.]+", log)
     state = torch.load(pretrained / "checkpoint.pt", weights_only=True)
     assert state["step"] == 16 and state["config"]["model"]["vision"]["num_frames"] == 4
     assert state["config"]["model"]["text"]["vocab_size"] > 5  # taken from the tokenizer

@@ -813,9 +813,12 @@ def generate(
             total=len(jobs), desc="synthetic videos", unit="video", mininterval=1.0, disable=None
         )
         if workers > 1:
-            with ProcessPoolExecutor(workers) as pool:
+            pool = ProcessPoolExecutor(workers)
+            try:
                 for _ in tqdm(pool.map(_render_and_write, jobs, chunksize=32), **bar):
                     pass
+            finally:  # on an interrupt, drop the videos not started yet
+                pool.shutdown(cancel_futures=True)
         else:
             for job in tqdm(jobs, **bar):
                 _render_and_write(job)

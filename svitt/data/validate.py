@@ -46,8 +46,12 @@ def probe_all(
     bar = {"total": len(paths), "desc": desc, "unit": "video", "mininterval": 1.0, "disable": None}
     if workers <= 1:
         return [_probe(p) for p in tqdm(paths, **bar)]
-    with ProcessPoolExecutor(workers) as pool:
+    pool = ProcessPoolExecutor(workers)
+    try:
         return list(tqdm(pool.map(_probe, paths, chunksize=16), **bar))
+    finally:
+        # on an interrupt, the videos not started yet are dropped instead of waited for
+        pool.shutdown(cancel_futures=True)
 
 
 class BadDatasetError(UserError):

@@ -205,9 +205,9 @@ def check_datasets(cfg: RunConfig, names: Sequence[str], tasks: Sequence[str], s
             )
         annotation = dataset_paths(cfg.data.root, name).annotation(split)  # type: ignore[arg-type]
         if not annotation.is_file():
+            root = repr(cfg.data.root) if cfg.data.root else "not set"
             raise MissingFileError(
-                f"{key} {name!r}: annotation file not found: {annotation} (data.root: "
-                f"{cfg.data.root})"
+                f"{key} {name!r}: annotation file not found: {annotation} (data.root: {root})"
             )
 
 
