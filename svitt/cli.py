@@ -85,13 +85,12 @@ def main(argv: list[str] | None = None) -> int:
     importlib.import_module(spec.options or spec.module).add_arguments(parser, command)
     args = parser.parse_args(rest)
     args.command = command
-    module = importlib.import_module(spec.module)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
-        with raise_on_stop_signals():
-            return int(module.run(args) or 0)
+        with raise_on_stop_signals():  # from here on, also while torch is being imported
+            return int(importlib.import_module(spec.module).run(args) or 0)
     except UserError as err:
         print(f"svitt {command}: error: {one_line(err)}", file=sys.stderr)
         return 2

@@ -253,6 +253,21 @@ def test_table_reports_a_bad_sparsity_row_by_row_and_column(tmp_path, capsys, ro
     assert line.startswith(f"{tmp_path / 'sparsity.tsv'}: row 1{message}")
 
 
+def test_table_names_a_metrics_file_not_yet_written(tmp_path, capsys, monkeypatch):
+    config = yaml.safe_load((REPO / "workflow" / "config" / "default.yaml").read_text())
+    config.update(
+        sparsity_table=str(REPO / "ablations" / "sparsity.tsv"), ablations=str(REPO / "ablations")
+    )
+    profile = tmp_path / "profile.yaml"
+    profile.write_text(yaml.safe_dump(config))
+    monkeypatch.chdir(tmp_path)  # results/ of the profile: empty here
+    assert main(["table", "A3", "--profile", str(profile), "--out-dir", str(tmp_path)]) == 2
+    message = one_error_line(capsys, "table")
+    assert message.startswith("metrics file not found: results/") and message.endswith(
+        "/metrics.json (run its job first)"
+    )
+
+
 @pytest.mark.parametrize("command", ["table", "figure"])
 def test_report_commands_name_a_missing_profile(tmp_path, capsys, command):
     missing = tmp_path / "profile.yaml"
