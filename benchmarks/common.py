@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import platform
 import statistics
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -28,6 +27,7 @@ from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 from svitt.engine.allocator import retain_freed_memory
+from svitt.files import atomic_write, atomic_write_text
 from svitt.models import cpu_kernel
 
 
@@ -185,38 +185,18 @@ def count_flops(fn: Callable[[], Any]) -> int:
     return counter.get_total_flops()
 
 
-def atomic_write(path: Path, text: str) -> None:
-    """Write `text` to `path` through a temporary file and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_table(rows: list[dict[str, Any]], stem: Path, title: str, notes: list[str]) -> None:
     """`stem`.csv and `stem`.md (a title, the notes as a list, then the table), atomically."""
     import pandas as pd
 
     frame = pd.DataFrame(rows)
-    atomic_write(stem.with_suffix(".csv"), frame.to_csv(index=False))
+    atomic_write_text(stem.with_suffix(".csv"), frame.to_csv(index=False))
     lines = [f"# {title}", "", *[f"- {note}" for note in notes], ""]
     lines.append(frame.to_markdown(index=False, floatfmt="g"))
-    atomic_write(stem.with_suffix(".md"), "\n".join(lines) + "\n")
+    atomic_write_text(stem.with_suffix(".md"), "\n".join(lines) + "\n")
 
 
 def save_figure(fig: Any, path: Path) -> None:
-    """Save a matplotlib figure atomically (same extension, so the format is kept)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=150, bbox_inches="tight")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Save a matplotlib figure atomically (its format from the file's extension)."""
+    fmt = path.suffix.lstrip(".")
+    atomic_write(path, lambda f: fig.savefig(f, format=fmt, dpi=150, bbox_inches="tight"))

@@ -20,10 +20,12 @@ from typing import Any, Literal, TypeVar
 
 import yaml
 
+from svitt.errors import MissingFileError, UserError
+
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config key or value is invalid; the message names the key and what is allowed."""
 
 
@@ -441,12 +443,22 @@ def load_config(source: str | Path | Mapping[str, Any], *overrides: Mapping[str,
     else:
         path = Path(source)
         if not path.is_file():
-            raise FileNotFoundError(f"config file not found: {path}")
-        data = yaml.safe_load(path.read_text()) or {}
+            raise MissingFileError(f"config file not found: {path}")
+        data = _yaml(path.read_text(), str(path)) or {}
         _check(isinstance(data, Mapping), str(path), "a YAML mapping at top level", type(data))
     for override in overrides:
         data = merge(data, override)
     return from_dict(RunConfig, data)
+
+
+def _yaml(text: str, source: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or type(err).__name__
+        raise ConfigError(f"{source}: not valid YAML ({problem}{where})") from None
 
 
 def asdict(cfg: Any) -> dict[str, Any]:
@@ -479,7 +491,7 @@ def parse_override(text: str) -> dict[str, Any]:
     if "=" not in text:
         raise ConfigError(f"override {text!r}: expected KEY=VALUE with a dotted key")
     key, raw = text.split("=", 1)
-    value: Any = yaml.safe_load(raw)
+    value: Any = _yaml(raw, f"override {text!r}")
     for part in reversed(key.strip().split(".")):
         value = {part: value}
     return value

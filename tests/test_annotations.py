@@ -6,6 +6,7 @@ import pytest
 from svitt.data.annotations import (
     REGISTRY,
     AnnotationError,
+    DatasetError,
     annotation_counts,
     dataset_paths,
     load_answer_list,
@@ -36,11 +37,30 @@ def test_registry_resolves_paper_datasets_under_root(tmp_path):
     assert paths.annotation("test") == tmp_path / "agqa" / "annotations" / "test.json"
     assert paths.answer_list == tmp_path / "agqa" / "annotations" / "answer_list.json"
     assert paths.video("v1.mp4") == tmp_path / "agqa" / "videos" / "v1.mp4"
-    with pytest.raises(KeyError, match=r"no split 'test'.*allowed: train"):
+    with pytest.raises(DatasetError, match=r"no split 'test'.*allowed: train"):
         dataset_paths(tmp_path, "webvid").annotation("test")
-    with pytest.raises(KeyError, match="has no answer list"):
+    with pytest.raises(DatasetError, match="has no answer list"):
         _ = dataset_paths(tmp_path, "msrvtt").answer_list
-    with pytest.raises(KeyError, match=r"unknown dataset 'kinetics'.*webvid"):
+    with pytest.raises(DatasetError, match=r"unknown dataset 'kinetics'.*webvid"):
+        dataset_paths(tmp_path, "kinetics")
+
+
+def test_a_new_dataset_declares_itself_in_its_folder(tmp_path):
+    declaration = tmp_path / "vatex" / "dataset.json"
+    declaration.parent.mkdir()
+    declaration.write_text(json.dumps({"task": "retrieval", "splits": ["test"]}))
+    paths = dataset_paths(tmp_path, "vatex")
+    assert (paths.spec.task, paths.spec.splits) == ("retrieval", ("test",))
+    assert paths.annotation("test") == tmp_path / "vatex" / "annotations" / "test.json"
+    with pytest.raises(DatasetError, match=r"no split 'train'.*allowed: test"):
+        paths.annotation("train")
+    declaration.write_text(json.dumps({"task": "captions", "splits": ["test"]}))
+    with pytest.raises(AnnotationError, match=r"dataset.json: task: got 'captions'; allowed: pre"):
+        dataset_paths(tmp_path, "vatex")
+    declaration.write_text(json.dumps({"task": "qa", "splits": ["val"]}))
+    with pytest.raises(AnnotationError, match=r"splits: got \['val'\]; allowed: a non-empty"):
+        dataset_paths(tmp_path, "vatex")
+    with pytest.raises(DatasetError, match=r"or a new one declared by .*kinetics/dataset\.json"):
         dataset_paths(tmp_path, "kinetics")
 
 

@@ -9,7 +9,6 @@ import torch
 
 from svitt.config import RunConfig, asdict
 from svitt.engine.checkpoint import (
-    atomic_write,
     finished_run,
     load_checkpoint,
     rng_state,
@@ -19,6 +18,7 @@ from svitt.engine.checkpoint import (
     set_rng_state,
 )
 from svitt.engine.optim import build_scheduler, lr_factor, no_decay_names
+from svitt.files import atomic_write
 
 
 def test_checkpoint_loads_with_weights_only_and_restores_rng(tmp_path):
@@ -66,7 +66,7 @@ def test_missing_or_foreign_checkpoint_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="checkpoint not found"):
         load_checkpoint(tmp_path / "nope.pt")
     torch.save({"weights": torch.zeros(1)}, tmp_path / "other.pt")
-    with pytest.raises(ValueError, match="not an svitt checkpoint"):
+    with pytest.raises(ValueError, match="not a svitt checkpoint"):
         load_checkpoint(tmp_path / "other.pt")
 
 
@@ -124,3 +124,34 @@ def test_no_weight_decay_on_norms_biases_and_listed_parameters():
             return {"table"}
 
     assert no_decay_names(Net()) == {"proj.bias", "norm.weight", "norm.bias", "table"}
+
+
+def test_backward_of_a_table_lookup_is_bit_exact_at_two_threads():
+    """On CPU with several threads the accumulating backward of an index lookup (the relative
+    bias table's) adds in thread order, so two identical runs differed; a stage with more than
+    one thread switches torch to its deterministic kernels, and restores the setting after."""
+    from svitt.engine.runner import deterministic_threads, guarded
+
+    generator = torch.Generator().manual_seed(0)
+    table = torch.randn(1000, 4, generator=generator, requires_grad=True)
+    index = torch.randint(0, 1000, (8, 65, 65), generator=generator)
+    weight = torch.randn(8, 65, 65, 4, generator=generator)
+
+    def grad() -> torch.Tensor:
+        table.grad = None
+        (table[index] * weight).sum().backward()
+        return table.grad.clone()
+
+    def stage() -> int:
+        deterministic_threads()
+        first = grad()
+        assert all(torch.equal(first, grad()) for _ in range(5))
+        return 0
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert guarded(stage) == 0
+    finally:
+        torch.set_num_threads(threads)
+    assert not torch.are_deterministic_algorithms_enabled()

@@ -2,6 +2,7 @@
 exact resume, finished-run detection, MLflow records and bad-input errors."""
 
 import json
+import re
 import shutil
 import sqlite3
 from pathlib import Path
@@ -11,66 +12,14 @@ import torch
 import yaml
 
 from svitt.cli import main
-from svitt.data.synthetic import generate
-
-TINY = {
-    "seed": 0,
-    "device": "cpu",
-    "model": {
-        "vision": {
-            "image_size": 16,
-            "patch_size": 8,
-            "num_frames": 4,
-            "dim": 32,
-            "depth": 2,
-            "heads": 2,
-        },
-        "text": {
-            "dim": 32,
-            "depth": 2,
-            "cross_depth": 1,
-            "heads": 2,
-            "mlp_dim": 64,
-            "max_positions": 32,
-        },
-        "sparsity": {
-            "attention": "sparse",
-            "block_size": 4,
-            "random_blocks": 1,
-            "visual_keep_rate": 0.75,
-            "visual_drop_layers": [0],
-            "cross_drop_layers": [0],
-        },
-        "embed_dim": 16,
-        "qa_decoder_depth": 1,
-    },
-    "data": {"num_workers": 0, "text_max_len": 16, "train": ["webvid"]},
-    "optim": {
-        "lr": 0.002,
-        "epochs": 2,
-        "warmup_epochs": 0.5,
-        "batch_size": 8,
-        "checkpoint_every": 2,
-    },
-    "eval": {"batch_size": 16, "k_test": 4, "answer_top_k": 8},
-}
 
 
 @pytest.fixture(scope="module")
-def bench(tmp_path_factory):
+def bench(make_bench):
     """The ci benchmark, a config for it, and one MLflow store for the whole module."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny matrices: threads only add overhead
-    base = tmp_path_factory.mktemp("engine")
-    root = base / "data"
-    generate(root, size="ci", seed=0, workers=1)
-    config = dict(
-        TINY, data={**TINY["data"], "root": str(root), "tokenizer": str(root / "tokenizer")}
-    )
-    config["tracking"] = {"uri": f"sqlite:///{base}/mlflow/mlflow.db"}
-    path = base / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    yield {"base": base, "config": str(path), "db": base / "mlflow" / "mlflow.db"}
+    yield make_bench("engine")
     torch.set_num_threads(threads)
 
 
@@ -101,7 +50,10 @@ def test_pretrain_writes_outputs_and_losses_fall(pretrained):
     assert metrics["train_steps"] == 16  # 64 pairs / 8 per batch * 2 epochs
     assert metrics["skipped_videos"] == []
     assert (pretrained / "checkpoint.pt").is_file() and not (pretrained / "last.pt").exists()
-    assert "epoch 2/2" in (pretrained / "log.txt").read_text()
+    log = (pretrained / "log.txt").read_text()
+    assert "epoch 2/2" in log
+    # no terminal here: progress lines with step/total, rate and ETA (at least the last step)
+    assert re.search(r"step 16/16  [0-9.]+ steps/s  ETA 00:00:00  loss [0-9.]+", log)
     state = torch.load(pretrained / "checkpoint.pt", weights_only=True)
     assert state["step"] == 16 and state["config"]["model"]["vision"]["num_frames"] == 4
     assert state["config"]["model"]["text"]["vocab_size"] > 5  # taken from the tokenizer
@@ -212,6 +164,27 @@ def test_one_evaluation_process_writes_one_run_per_config(bench, pretrained, cap
         assert db.execute(query, (str(base / dataset),)).fetchone()[0] == 1
     assert main(["eval-retrieval", *pairs[:4], "--config", pairs[1], "--init-from", ckpt]) == 2
     assert "2 --config but 1 --out" in capsys.readouterr().err
+
+
+def test_a_declared_dataset_runs_without_a_registered_name(bench, pretrained):
+    """A test-only copy of MSR-VTT under a new name, declared by its dataset.json: validated
+    and evaluated like the registered one."""
+    root = bench["base"] / "new-data"
+    shutil.copytree(bench["root"] / "msrvtt", root / "vatex")
+    (root / "vatex" / "annotations" / "train.json").unlink()
+    (root / "vatex" / "dataset.json").write_text('{"task": "retrieval", "splits": ["test"]}')
+    report = bench["base"] / "vatex.json"
+    validate = ["validate-data", "--root", str(root), "--dataset", "vatex", "--out", str(report)]
+    assert main([*validate, "--workers", "1", "--strict"]) == 0
+    assert json.loads(report.read_text())["num_bad"] == 0
+    out = bench["base"] / "vatex-zero-shot"
+    data = ["--set", f"data.root={root}", "--set", "data.dataset=vatex"]
+    assert (
+        stage(bench, "eval-retrieval", out, *data, "--init-from", str(pretrained / "checkpoint.pt"))
+        == 0
+    )
+    metrics = metrics_of(out)
+    assert metrics["dataset"] == "vatex" and metrics["num_queries"] == 16
 
 
 def test_multi_positive_retrieval_counts_label_queries(bench, pretrained):
@@ -326,7 +299,7 @@ def test_every_stage_is_recorded_in_mlflow(bench, pretrained):
 
 def test_bad_videos_are_skipped_in_training_and_fail_evaluation_unless_allowed(bench, capsys):
     root = bench["base"] / "bad-data"
-    shutil.copytree(bench["base"] / "data" / "msrvtt", root / "msrvtt")
+    shutil.copytree(bench["root"] / "msrvtt", root / "msrvtt")
     (root / "msrvtt" / "videos" / "train00000.mp4").write_bytes(b"not a video")
     (root / "msrvtt" / "videos" / "test00003.mp4").write_bytes(b"not a video")
     data = ["--set", f"data.root={root}", "--set", "data.dataset=msrvtt"]

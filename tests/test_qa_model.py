@@ -11,6 +11,7 @@ from transformers import BertConfig, BertForMaskedLM
 from svitt.config import ConfigError, ModelConfig, SparsityConfig, TextConfig, VisionConfig
 from svitt.models.factory import create_model, create_qa_model
 from svitt.models.qa import VideoQA
+from svitt.models.weights import WeightsError
 
 VOCAB = 40
 CLS, SEP = 1, 2
@@ -205,7 +206,7 @@ def test_load_pretrained_video_text_checkpoint():
                        pretrained.text.layers[1].output.dense.weight)  # fmt: skip
     assert torch.equal(model.lm_head.predictions.transform.dense.weight,
                        pretrained.text.mlm_head.predictions.transform.dense.weight)  # fmt: skip
-    with pytest.raises(KeyError, match="lacks"):
+    with pytest.raises(WeightsError, match="lacks"):
         model.load_pretrained({"text_proj.weight": torch.zeros(16, 32)})
 
 

@@ -187,6 +187,33 @@ def test_sparsity_table_errors_name_row_and_column(tmp_path: Path) -> None:
         load_sparsity_table(table)
 
 
+@pytest.mark.parametrize(
+    ("cells", "message"),
+    [
+        ("2\t3\t56", r"row 1 \('x'\), column 'K_l': an integer odd >= 1 is required, got 2"),
+        ("1\t-1\t56", r"row 1 \('x'\), column 'K_r': an integer >= 0 is required, got -1"),
+        ("1\t3\t0", r"row 1 \('x'\), column 'G': an integer >= 1 is required, got 0"),
+        ("1\t3\t56\t1.0", r"row 1 has more cells than the 9 columns"),
+    ],
+)
+def test_sparsity_table_checks_block_counts(tmp_path: Path, cells: str, message: str) -> None:
+    table = tmp_path / "sparsity.tsv"
+    header = "name\tlabel\tattention\tK_l\tK_r\tG\tq_v_T4\tq_m\tq_m_qa\n"
+    table.write_text(header + f"x\tX\tsparse\t{cells}\t1.0\t1.0\t1.0\n")
+    with pytest.raises(SpecError, match=message):
+        load_sparsity_table(table)
+
+
+def test_sparsity_table_rejects_an_unknown_column(tmp_path: Path) -> None:
+    table = tmp_path / "sparsity.tsv"
+    table.write_text(
+        "name\tlabel\tattention\tK_l\tK_r\tG\tq_v_T4\tq_m\tq_m_qa\tnote\n"
+        "x\tX\tsparse\t1\t3\t56\t1.0\t1.0\t1.0\thello\n"
+    )
+    with pytest.raises(SpecError, match=r"unknown column 'note'; allowed: \['name'"):
+        load_sparsity_table(table)
+
+
 # --- tables -----------------------------------------------------------------------------
 
 
@@ -265,7 +292,7 @@ def test_probe_table_delta_and_missing_metric(workdir: Path) -> None:
     assert list(ours["ActivityNet-QA Δ"]) == [1.2] * 3  # round(1.25, 1)
     broken = Run("finetune-qa", Variant("singularity"), 4, "anet_qa")
     write_metrics(profile, broken, acc=1.0)
-    with pytest.raises(KeyError, match=r"metrics.json: no metric 'accuracy'; found: acc"):
+    with pytest.raises(SpecError, match=r"metrics.json: no metric 'accuracy'; found: acc"):
         build_table(profile, "A8")
 
 

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -68,4 +69,32 @@ def test_validate_data_report(root, tmp_path):
         "train": {"videos": 2, "texts": 4},
         "test": {"videos": 3, "texts": 4},
     }
-    assert main([*args, "--strict"]) == 1
+    assert main([*args, "--strict"]) == 2  # a user error: one line naming the report
+
+
+def test_validate_data_names_every_bad_file_with_several_workers(root, tmp_path, capsys):
+    """Worker processes send each VideoError back (it survives pickling): a corrupt and a
+    missing file are both reported, each by name, not a BrokenProcessPool."""
+    test = root / "didemo" / "annotations" / "test.json"
+    entries = [*json.loads(test.read_text()), {"video": "gone.mp4", "caption": "v"}]
+    test.write_text(json.dumps(entries))
+    out = tmp_path / "didemo.json"
+    args = ["validate-data", "--root", str(root), "--dataset", "didemo", "--out", str(out)]
+    assert main([*args, "--workers", "2", "--strict"]) == 2
+    report = json.loads(out.read_text())
+    bad = {Path(b["path"]).name: b["error"] for b in report["bad"]}
+    assert bad.keys() == {"bad.mp4", "gone.mp4"}
+    assert bad["gone.mp4"] == "file not found" and bad["bad.mp4"].startswith("cannot decode")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("svitt validate-data: error: didemo: 2 of 5 ")
+    assert "gone.mp4: file not found" in err[0] and f"all listed in {out}" in err[0]
+
+
+def test_validate_data_checks_the_splits_that_exist(root, tmp_path):
+    """A test-only copy of a dataset validates; a split asked for must exist."""
+    (root / "didemo" / "annotations" / "train.json").unlink()
+    out = tmp_path / "didemo.json"
+    args = ["validate-data", "--root", str(root), "--dataset", "didemo", "--out", str(out)]
+    assert main([*args, "--workers", "1"]) == 0
+    assert list(json.loads(out.read_text())["splits"]) == ["test"]
+    assert main([*args, "--workers", "1", "--splits", "train"]) == 2

@@ -5,7 +5,6 @@ import sys
 import numpy as np
 import pytest
 
-from svitt.cli import main
 from svitt.data.annotations import REGISTRY, dataset_paths, load_retrieval_queries
 from svitt.data.synthetic import (
     MANIFEST,
@@ -21,13 +20,6 @@ from svitt.data.synthetic import (
     write_video,
 )
 from svitt.data.video import ClipLoader, ClipSpec
-
-
-@pytest.fixture(scope="module")
-def ci_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("synthetic") / "data"
-    assert main(["synthetic", "--out", str(root), "--size", "ci", "--seed", "0"]) == 0
-    return root
 
 
 def test_drawing_is_deterministic_and_seed_dependent():

@@ -5,6 +5,11 @@ One on-disk layout serves real and synthetic data alike:
     <root>/<name>/videos/<video file>            (the "video" field is relative to this folder)
     <root>/<name>/annotations/<split>.json       (split: train | test)
     <root>/<name>/annotations/answer_list.json   (QA datasets only: a JSON list of strings)
+    <root>/<name>/dataset.json                    (a dataset not in REGISTRY declares itself)
+
+A new dataset needs no code and no borrowed name: its folder holds `dataset.json`, e.g.
+`{"task": "retrieval", "splits": ["test"], "description": "VATEX captions"}` (task: pretrain,
+retrieval or qa; splits: train and/or test), and every command takes its name.
 
 Record shapes (JSON lists of objects; extra keys are ignored):
     text-video (pre-training, retrieval): {"video": "a.mp4", "caption": "..."}; "caption" may
@@ -21,12 +26,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from svitt.errors import MissingFileError, UserError
+
 Task = Literal["pretrain", "retrieval", "qa"]
 Split = Literal["train", "test"]
 
 
-class AnnotationError(ValueError):
+class AnnotationError(UserError, ValueError):
     """An annotation file is malformed; the message names the file, entry index and field."""
+
+
+class DatasetError(UserError, LookupError):
+    """A dataset name, split or file that the registry does not know."""
 
 
 @dataclass(frozen=True)
@@ -56,10 +67,47 @@ REGISTRY: dict[str, DatasetSpec] = {
 }
 
 
-def dataset_spec(name: str) -> DatasetSpec:
-    if name not in REGISTRY:
-        raise KeyError(f"unknown dataset {name!r}; known datasets: {', '.join(REGISTRY)}")
-    return REGISTRY[name]
+DECLARATION = "dataset.json"
+TASKS: tuple[Task, ...] = ("pretrain", "retrieval", "qa")
+SPLITS: tuple[Split, ...] = ("train", "test")
+
+
+def find_spec(name: str, root: str | Path | None) -> DatasetSpec | None:
+    """A registered dataset, else one declared by `<root>/<name>/dataset.json`, else None."""
+    if name in REGISTRY:
+        return REGISTRY[name]
+    if root is None or not name or not (Path(root) / name / DECLARATION).is_file():
+        return None
+    path = Path(root) / name / DECLARATION
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise AnnotationError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(data, dict) or set(data) - {"task", "splits", "description"}:
+        raise AnnotationError(
+            f"{path}: expected an object with keys task, splits and optionally description, "
+            f"got {data!r:.80}"
+        )
+    task, splits = data.get("task"), data.get("splits")
+    if task not in TASKS:
+        raise AnnotationError(f"{path}: task: got {task!r}; allowed: {', '.join(TASKS)}")
+    if not isinstance(splits, list) or not splits or not set(splits) <= set(SPLITS):
+        raise AnnotationError(
+            f"{path}: splits: got {splits!r}; allowed: a non-empty list of {', '.join(SPLITS)}"
+        )
+    description = str(data.get("description", name))
+    return DatasetSpec(name, task, tuple(s for s in SPLITS if s in splits), description)
+
+
+def dataset_spec(name: str, root: str | Path | None = None) -> DatasetSpec:
+    spec = find_spec(name, root)
+    if spec is None:
+        where = f"{Path(root) / name / DECLARATION}" if root is not None else "its dataset.json"
+        raise DatasetError(
+            f"unknown dataset {name!r}; known datasets: {', '.join(REGISTRY)}, or a new one "
+            f"declared by {where}"
+        )
+    return spec
 
 
 @dataclass(frozen=True)
@@ -79,7 +127,7 @@ class DatasetPaths:
 
     def annotation(self, split: Split) -> Path:
         if split not in self.spec.splits:
-            raise KeyError(
+            raise DatasetError(
                 f"dataset {self.spec.name!r} has no split {split!r}; "
                 f"allowed: {', '.join(self.spec.splits)}"
             )
@@ -88,7 +136,7 @@ class DatasetPaths:
     @property
     def answer_list(self) -> Path:
         if not self.spec.has_answer_list:
-            raise KeyError(f"dataset {self.spec.name!r} ({self.spec.task}) has no answer list")
+            raise DatasetError(f"dataset {self.spec.name!r} ({self.spec.task}) has no answer list")
         return self.base / "annotations" / "answer_list.json"
 
     def video(self, name: str) -> Path:
@@ -96,7 +144,7 @@ class DatasetPaths:
 
 
 def dataset_paths(root: str | Path, name: str) -> DatasetPaths:
-    return DatasetPaths(Path(root), dataset_spec(name))
+    return DatasetPaths(Path(root), dataset_spec(name, root))
 
 
 @dataclass(frozen=True)
@@ -127,7 +175,7 @@ class QAItem:
 
 def _read_list(path: Path) -> list[Any]:
     if not path.is_file():
-        raise FileNotFoundError(f"annotation file not found: {path}")
+        raise MissingFileError(f"annotation file not found: {path}")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:

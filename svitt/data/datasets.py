@@ -38,11 +38,12 @@ from svitt.data.annotations import (
 from svitt.data.tokenizer import TextTokenizer
 from svitt.data.video import ClipLoader, ClipSpec
 from svitt.data.video_files import VideoError
+from svitt.errors import UserError
 
 Sample = dict[str, Any]
 
 
-class BadVideosError(RuntimeError):
+class BadVideosError(UserError, RuntimeError):
     """Videos failed to decode at evaluation; the message lists every one of them."""
 
     def __init__(self, paths: Sequence[str]) -> None:
@@ -53,6 +54,9 @@ class BadVideosError(RuntimeError):
             "data.allow_bad_videos_at_eval: true to drop them and list them in the metrics."
         )
         self.paths = list(paths)
+
+    def __reduce__(self) -> tuple[type[BadVideosError], tuple[list[str]]]:
+        return (type(self), (self.paths,))
 
 
 class _VideoSamples(Dataset):
@@ -117,6 +121,9 @@ class VideoDataset(_VideoSamples):
     def __init__(self, paths: Sequence[Path], clips: ClipLoader) -> None:
         super().__init__(clips)
         self.paths = list(paths)
+
+    def __reduce__(self) -> tuple[type[BadVideosError], tuple[list[str]]]:
+        return (type(self), (self.paths,))
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -274,11 +281,12 @@ def collator(cfg: RunConfig, tokenizer: TextTokenizer, clips: ClipLoader) -> Col
 
 
 def _downstream(cfg: RunConfig, task: str) -> str:
-    from svitt.data.annotations import REGISTRY, dataset_spec
+    from svitt.data.annotations import REGISTRY, find_spec
 
     name = cfg.data.dataset
     allowed = [n for n, s in REGISTRY.items() if s.task == task]
-    if name is None or dataset_spec(name).task != task:
+    spec = None if name is None else find_spec(name, cfg.data.root)
+    if spec is None or spec.task != task:
         raise ConfigError(f"data.dataset: got {name!r}; allowed for {task}: {allowed}")
     return name
 

@@ -29,7 +29,9 @@ from typing import Any, Literal
 import numpy as np
 from tqdm import tqdm
 
+from svitt.config import ConfigError
 from svitt.data.annotations import REGISTRY, dataset_paths
+from svitt.errors import OutputExistsError
 
 log = logging.getLogger(__name__)
 
@@ -776,12 +778,12 @@ def generate(
     run leaves nothing behind; a finished benchmark with the same size and seed is kept."""
     out = Path(out)
     if size not in SPLIT_SIZES:
-        raise ValueError(f"size {size!r}; allowed: {', '.join(SPLIT_SIZES)}")
+        raise ConfigError(f"size: got {size!r}; allowed: {', '.join(SPLIT_SIZES)}")
     if out.exists():
         if _is_current(out, size, seed):
             log.info("%s already holds the synthetic benchmark (size=%s, seed=%d)", out, size, seed)
             return json.loads((out / MANIFEST).read_text())
-        raise FileExistsError(
+        raise OutputExistsError(
             f"{out} exists and is not the synthetic benchmark with size={size}, "
             f"seed={seed}; remove it or choose another --out"
         )
@@ -811,9 +813,12 @@ def generate(
             total=len(jobs), desc="synthetic videos", unit="video", mininterval=1.0, disable=None
         )
         if workers > 1:
-            with ProcessPoolExecutor(workers) as pool:
+            pool = ProcessPoolExecutor(workers)
+            try:
                 for _ in tqdm(pool.map(_render_and_write, jobs, chunksize=32), **bar):
                     pass
+            finally:  # on an interrupt, drop the videos not started yet
+                pool.shutdown(cancel_futures=True)
         else:
             for job in tqdm(jobs, **bar):
                 _render_and_write(job)

@@ -17,6 +17,8 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer
 
+from svitt.errors import MissingFileError
+
 # Worker processes fork after the parent has used the fast tokenizer; its own thread pool
 # would otherwise deadlock-warn in every worker.
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -41,10 +43,10 @@ class TextTokenizer:
     def from_dir(cls, path: str | Path) -> TextTokenizer:
         path = Path(path)
         if not path.is_dir():
-            raise FileNotFoundError(f"tokenizer directory not found: {path} (data.tokenizer)")
+            raise MissingFileError(f"tokenizer directory not found: {path} (data.tokenizer)")
         file = path / "tokenizer.json"
         if not file.is_file():
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"{file} not found (data.tokenizer): a fast-tokenizer file is needed; write it "
                 f"once with `AutoTokenizer.from_pretrained('{path}').save_pretrained('{path}')`"
             )

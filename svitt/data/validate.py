@@ -10,7 +10,6 @@ import argparse
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -18,10 +17,19 @@ from typing import Any
 
 from tqdm import tqdm
 
-from svitt.data.annotations import annotation_counts, dataset_paths, unique_videos
+from svitt.data.annotations import (
+    DatasetError,
+    Split,
+    annotation_counts,
+    dataset_paths,
+    unique_videos,
+)
 from svitt.data.video_files import VideoError, VideoInfo, probe_video
+from svitt.errors import MissingFileError, UserError
+from svitt.files import atomic_write_text
 
 log = logging.getLogger(__name__)
+SHOWN_BAD = 5  # bad files named in the summary line; the report lists every one
 
 
 def _probe(path: Path) -> VideoInfo | VideoError:
@@ -38,20 +46,40 @@ def probe_all(
     bar = {"total": len(paths), "desc": desc, "unit": "video", "mininterval": 1.0, "disable": None}
     if workers <= 1:
         return [_probe(p) for p in tqdm(paths, **bar)]
-    with ProcessPoolExecutor(workers) as pool:
+    pool = ProcessPoolExecutor(workers)
+    try:
         return list(tqdm(pool.map(_probe, paths, chunksize=16), **bar))
+    finally:
+        # on an interrupt, the videos not started yet are dropped instead of waited for
+        pool.shutdown(cancel_futures=True)
 
 
-def validate_dataset(root: str | Path, name: str, workers: int = 1) -> dict[str, Any]:
-    """The report: per split its entries' counts, per video its metadata or error."""
+class BadDatasetError(UserError):
+    """--strict found bad videos; the message names the report that lists them."""
+
+
+def validate_dataset(
+    root: str | Path, name: str, workers: int = 1, splits: Sequence[Split] | None = None
+) -> dict[str, Any]:
+    """The report: per split its entries' counts, per video its metadata or error.
+
+    `splits` default to those of the dataset whose annotation file exists (a test-only copy
+    of a dataset has no train.json); a split named in `splits` must exist."""
     paths = dataset_paths(root, name)
-    splits, names = {}, []
-    for split in paths.spec.splits:
+    if splits is None:
+        splits = [s for s in paths.spec.splits if paths.annotation(s).is_file()]
+        if not splits:
+            raise MissingFileError(
+                f"dataset {name!r}: no annotation file in {paths.base / 'annotations'}; "
+                f"expected {' or '.join(s + '.json' for s in paths.spec.splits)}"
+            )
+    counts, names = {}, []
+    for split in splits:
         videos, texts = annotation_counts(paths.annotation(split))
-        splits[split] = {"videos": len(videos), "texts": texts}
+        counts[split] = {"videos": len(videos), "texts": texts}
         names += videos
     if paths.spec.has_answer_list and not paths.answer_list.is_file():
-        raise FileNotFoundError(f"answer list not found: {paths.answer_list}")
+        raise MissingFileError(f"answer list not found: {paths.answer_list}")
     files = [paths.video(v) for v in unique_videos(names)]
     results = probe_all(files, workers, desc=f"validating {name}")
     videos, bad = [], []
@@ -74,7 +102,7 @@ def validate_dataset(root: str | Path, name: str, workers: int = 1) -> dict[str,
         "dataset": name,
         "root": str(paths.root),
         "task": paths.spec.task,
-        "splits": splits,
+        "splits": counts,
         "num_videos": len(files),
         "num_bad": len(bad),
         "bad": bad,
@@ -83,40 +111,45 @@ def validate_dataset(root: str | Path, name: str, workers: int = 1) -> dict[str,
     }
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=1)
-            handle.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("--root", required=True, type=Path, help="data root (data.root)")
     parser.add_argument("--dataset", required=True, help="registered dataset name")
     parser.add_argument("--out", required=True, type=Path, help="report JSON to write")
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument(
-        "--strict", action="store_true", help="exit with status 1 if any video is bad"
+        "--splits",
+        nargs="+",
+        choices=["train", "test"],
+        default=None,
+        help="splits to check, each must exist (default: every split with an annotation file)",
+    )
+    parser.add_argument(
+        "--strict", action="store_true", help="exit with status 2 if any video is bad"
     )
 
 
 def run(args: argparse.Namespace) -> int:
-    report = validate_dataset(args.root, args.dataset, args.workers)
-    write_json_atomic(args.out, report)
-    if report["bad"]:
-        log.warning(
-            "%s: %d of %d videos are bad (listed in %s)",
-            args.dataset,
-            report["num_bad"],
-            report["num_videos"],
-            args.out,
-        )
-    else:
+    if args.splits is not None:
+        spec_splits = dataset_paths(args.root, args.dataset).spec.splits
+        for split in args.splits:
+            if split not in spec_splits:
+                raise DatasetError(
+                    f"--splits: dataset {args.dataset!r} has no split {split!r}; allowed: "
+                    f"{', '.join(spec_splits)}"
+                )
+    report = validate_dataset(args.root, args.dataset, args.workers, args.splits)
+    atomic_write_text(args.out, json.dumps(report, indent=1) + "\n")
+    bad = report["bad"]
+    if not bad:
         log.info("%s: all %d videos decode", args.dataset, report["num_videos"])
-    return 1 if args.strict and report["bad"] else 0
+        return 0
+    named = "; ".join(f"{b['path']}: {b['error']}" for b in bad[:SHOWN_BAD])
+    more = f"; and {len(bad) - SHOWN_BAD} more" if len(bad) > SHOWN_BAD else ""
+    summary = (
+        f"{args.dataset}: {len(bad)} of {report['num_videos']} videos are bad ({named}{more}; "
+        f"all listed in {args.out}); fix or remove them"
+    )
+    if args.strict:
+        raise BadDatasetError(summary)
+    log.warning("%s", summary)
+    return 0

@@ -13,17 +13,23 @@ from typing import Any
 
 import numpy as np
 
+from svitt.errors import UserError
+
 # decode(path, pick) -> uint8 frames [T, H, W, 3]; `pick` maps the frame count to indices.
 Decoder = Callable[[Path, Callable[[int], list[int]]], np.ndarray]
 
 
-class VideoError(RuntimeError):
+class VideoError(UserError, RuntimeError):
     """A video is missing or cannot be decoded."""
 
     def __init__(self, path: str | Path, reason: str) -> None:
         super().__init__(f"{path}: {reason}")
         self.path = str(path)
         self.reason = reason
+
+    def __reduce__(self) -> tuple[type[VideoError], tuple[str, str]]:
+        # pickle rebuilds an exception from its args, here the one message: pass both fields
+        return (type(self), (self.path, self.reason))
 
 
 @contextmanager

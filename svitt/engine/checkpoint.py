@@ -1,48 +1,32 @@
-"""Checkpoints and result files: atomic writes, exact resume, plain-data contents.
+"""Checkpoints and result files: exact resume, plain-data contents, atomic writes.
 
 Everything saved is plain data and tensors, so `torch.load(path, weights_only=True)` reads it
 (the authors' release pickled a config object that recent torch refuses to load). Files are
-written to a temporary name in the same directory and renamed, so a killed run never leaves
-a truncated `checkpoint.pt` or `metrics.json` that Snakemake would take for a finished one.
+written through `svitt.files.atomic_write`, so a killed run never leaves a truncated
+`checkpoint.pt` or `metrics.json` that Snakemake would take for a finished one.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import random
-import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 import torch
+
+from svitt.errors import MissingFileError, OutputExistsError, UnreadableFileError
+from svitt.files import atomic_write, atomic_write_text, torch_load
 
 CHECKPOINT = "checkpoint.pt"  # final, written only when the stage has finished
 LAST = "last.pt"  # periodic, resumable
 METRICS = "metrics.json"
 
 
-def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Call `write(file)` on a temporary file next to `path`, then rename it over `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_json(path: str | Path, data: Mapping[str, Any]) -> None:
-    text = json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n"
-    atomic_write(path, lambda f: f.write(text.encode()))
+    atomic_write_text(path, json.dumps(data, indent=2, default=_json_default) + "\n")
 
 
 def _json_default(value: Any) -> Any:
@@ -60,10 +44,10 @@ def save_checkpoint(path: str | Path, state: Mapping[str, Any]) -> None:
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    state = torch.load(path, map_location=map_location, weights_only=True)
+        raise MissingFileError(f"checkpoint not found: {path}")
+    state = torch_load(path, "svitt checkpoint", map_location)
     if not isinstance(state, dict) or "model" not in state:
-        raise ValueError(f"{path}: not an svitt checkpoint (no 'model' entry)")
+        raise UnreadableFileError(f"{path}: not a svitt checkpoint (no 'model' entry)")
     return state
 
 
@@ -130,7 +114,7 @@ def finished_run(out: Path, identity: Mapping[str, Any], needs_checkpoint: bool)
     previous = json.loads(metrics_path.read_text()).get("run")
     if previous == json.loads(json.dumps(dict(identity))):
         return True
-    raise FileExistsError(
+    raise OutputExistsError(
         f"{out} already holds a finished run with a different stage, config or starting "
         f"checkpoint (see {metrics_path}, key 'run'); use another --out or pass --force "
         "to overwrite it"

@@ -38,12 +38,12 @@ def resolve_device(preference: str, local_rank: int = 0) -> torch.device:
     """`auto` picks this rank's GPU when there is one; `cuda` without a GPU is an error."""
     allowed = ("auto", "cpu", "cuda")
     if preference not in allowed:
-        raise ValueError(f"device: got {preference!r}; allowed: {', '.join(allowed)}")
+        raise ConfigError(f"device: got {preference!r}; allowed: {', '.join(allowed)}")
     if preference == "cpu" or (preference == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     if not torch.cuda.is_available():
-        raise RuntimeError(
-            "device: 'cuda' requested but no CUDA device is available; use auto or cpu"
+        raise ConfigError(
+            "device: got 'cuda' but no CUDA device is available; allowed here: auto or cpu"
         )
     return torch.device("cuda", local_rank)
 
@@ -134,13 +134,19 @@ def gather_objects(obj: Any) -> list[Any]:
     return out
 
 
-def broadcast_object(obj: Any) -> Any:
-    """Rank 0's `obj` on every rank."""
+def any_rank(flag: bool) -> bool:
+    """True on every rank if `flag` is true on any (e.g. one rank received SIGTERM)."""
     if not dist.is_initialized() or dist.get_world_size() == 1:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
+        return flag
+    value = torch.tensor([int(flag)], device=_collective_device())
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
+def _collective_device() -> torch.device:
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def epoch_batches(

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import sys
 from pathlib import Path
 
 from svitt.config import WeightsConfig, asdict, load_config
@@ -63,13 +62,7 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from svitt.models.release import CheckpointFormatError
-
-    try:
-        import_release(args)
-    except (CheckpointFormatError, *runner.USER_ERRORS) as err:
-        print(f"svitt import-checkpoint: error: {err}", file=sys.stderr)
-        return 2
+    import_release(args)
     return 0
 
 

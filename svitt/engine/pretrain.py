@@ -17,16 +17,12 @@ from svitt.engine import runner
 from svitt.engine.distributed import gather_with_grad
 
 
-def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
-    runner.add_common_arguments(parser, training=True)
-
-
 def check(cfg: RunConfig) -> None:
     runner.check_datasets(cfg, cfg.data.train, ["pretrain", "retrieval"], "train")
 
 
 def run(args: argparse.Namespace) -> int:
-    return runner.guarded("pretrain", lambda: _run(args))
+    return runner.guarded(lambda: _run(args))
 
 
 def train_video_text(

@@ -99,10 +99,6 @@ def evaluate(run: runner.Run, model: nn.Module, cfg: RunConfig) -> dict[str, Any
 # --- stages -----------------------------------------------------------------------------------
 
 
-def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
-    runner.add_common_arguments(parser, training=command == "finetune-qa")
-
-
 def check_test(cfg: RunConfig) -> None:
     runner.check_datasets(cfg, [cfg.data.dataset] if cfg.data.dataset else [], ["qa"], "test")
 

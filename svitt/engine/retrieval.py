@@ -173,10 +173,6 @@ def evaluate(run: runner.Run, model: nn.Module, cfg: RunConfig) -> dict[str, Any
 # --- stages -----------------------------------------------------------------------------------
 
 
-def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
-    runner.add_common_arguments(parser, training=command == "finetune-retrieval")
-
-
 def run(args: argparse.Namespace) -> int:
     return runner.run_stage(args, _run)
 

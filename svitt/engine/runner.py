@@ -13,7 +13,9 @@ import argparse
 import dataclasses
 import logging
 import math
+import signal
 import sys
+import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -28,14 +30,12 @@ from tqdm import tqdm
 
 from svitt.config import ConfigError, ModelConfig, RunConfig, asdict, flatten, load_config
 from svitt.config import parse_override as parse_override_text
-from svitt.data.datasets import BadVideosError
 from svitt.engine import distributed as dist_utils
 from svitt.engine.allocator import retain_freed_memory
 from svitt.engine.checkpoint import (
     CHECKPOINT,
     LAST,
     METRICS,
-    atomic_write,
     finished_run,
     load_checkpoint,
     rng_state,
@@ -47,7 +47,9 @@ from svitt.engine.checkpoint import (
 )
 from svitt.engine.distributed import DistEnv, epoch_batches
 from svitt.engine.optim import build_optimizer, build_scheduler
-from svitt.engine.tracking import Tracker, TrackingError, git_commit
+from svitt.engine.tracking import Tracker, git_commit
+from svitt.errors import Interrupted, MissingFileError, OutputExistsError, UserError, stop_requests
+from svitt.files import atomic_write_text
 
 if TYPE_CHECKING:
     from svitt.data.tokenizer import TextTokenizer
@@ -59,72 +61,11 @@ RESOLVED_CONFIG = "resolved_config.yaml"
 LossFn = Callable[[nn.Module, dict[str, Any]], dict[str, Tensor]]
 
 
-class StageError(RuntimeError):
+class StageError(UserError, RuntimeError):
     """A stage cannot run as asked; the message says what to change."""
 
 
-# --- options and config -----------------------------------------------------------------------
-
-
-def add_common_arguments(parser: argparse.ArgumentParser, training: bool) -> None:
-    # Evaluations take several --config/--out pairs: one process (libraries and the model
-    # load once) writes one run directory and one MLflow run per pair.
-    repeat = {} if training else {"action": "append"}
-    parser.add_argument(
-        "--config",
-        required=True,
-        type=Path,
-        help="run config (YAML or JSON)" + ("" if training else "; repeatable, with --out"),
-        **repeat,
-    )
-    parser.add_argument(
-        "--out",
-        required=True,
-        type=Path,
-        help="run directory: metrics.json, log.txt"
-        + (
-            ", checkpoint.pt (final) and last.pt (resumable)"
-            if training
-            else "; one per --config, evaluated in the given order"
-        ),
-        **repeat,
-    )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override one config value, dotted key and YAML value, e.g. "
-        "eval.frame_order=shuffle (repeatable, applied in order)",
-    )
-    parser.add_argument(
-        "--init-from",
-        type=Path,
-        default=None,
-        required=not training,
-        metavar="CKPT",
-        help="checkpoint.pt to start from"
-        + (
-            " (another clip length is inflated; default: model.weights or scratch)"
-            if training
-            else " (the model to evaluate; another clip length is inflated)"
-        ),
-    )
-    parser.add_argument(
-        "--force",
-        action="store_true",
-        help="overwrite a finished run in --out whose config differs"
-        + (", and ignore its last.pt instead of resuming" if training else ""),
-    )
-    if training:
-        parser.add_argument(
-            "--max-steps-this-run",
-            type=int,
-            default=None,
-            metavar="N",
-            help="stop after N optimizer steps, leaving a resumable last.pt (rerun to resume)",
-        )
+# --- config ------------------------------------------------------------------------------------
 
 
 def resolve_config(args: argparse.Namespace) -> RunConfig:
@@ -201,19 +142,36 @@ def resized(
 
 
 def load_strict(model: nn.Module, weights: Mapping[str, Tensor], source: str | Path) -> None:
-    missing, unexpected = model.load_state_dict(weights, strict=False)
+    ours = model.state_dict()
+    missing = [k for k in ours if k not in weights]
+    unexpected = [k for k in weights if k not in ours]
     if missing or unexpected:
         raise StageError(
             f"{source} does not fit the configured model: {len(missing)} missing weights "
             f"(e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]}); "
             "check model.arch and the model shape against the checkpoint's config"
         )
+    reshaped = [k for k, v in weights.items() if v.shape != ours[k].shape]
+    if reshaped:
+        key = reshaped[0]
+        raise StageError(
+            f"{source} does not fit the configured model: {len(reshaped)} weights have another "
+            f"shape (e.g. {key!r}: {list(weights[key].shape)}, the model's "
+            f"{list(ours[key].shape)}); check the model shape against the checkpoint's config"
+        )
+    model.load_state_dict(weights)
 
 
 def checkpoint_weights(path: Path, model_cfg: ModelConfig, prefix: str) -> dict[str, Tensor]:
     """The model weights of checkpoint `path`, inflated to `model_cfg`'s clip length."""
     state = load_checkpoint(path)
-    return resized(state["model"], checkpoint_frames(state, path), model_cfg, prefix)
+    try:
+        return resized(state["model"], checkpoint_frames(state, path), model_cfg, prefix)
+    except ValueError as err:  # inflation met weights of another shape
+        raise StageError(
+            f"{path} does not fit the configured model ({err}); check model.arch and the "
+            "model shape against the checkpoint's config"
+        ) from None
 
 
 def load_into(model: nn.Module, path: Path, model_cfg: ModelConfig, prefix: str) -> None:
@@ -232,20 +190,24 @@ def autocast(env: DistEnv) -> Any:
 
 def check_datasets(cfg: RunConfig, names: Sequence[str], tasks: Sequence[str], split: str) -> None:
     """Each dataset is registered for one of `tasks` and its annotation file exists."""
-    from svitt.data.annotations import REGISTRY, dataset_paths
+    from svitt.data.annotations import DECLARATION, REGISTRY, dataset_paths, find_spec
 
     allowed = [name for name, spec in REGISTRY.items() if spec.task in tasks]
     key = "data.dataset" if len(tasks) == 1 and tasks[0] != "pretrain" else "data.train"
     if not names:
         raise ConfigError(f"{key}: got nothing; allowed: {allowed}")
     for name in names:
-        if name not in allowed:
-            raise ConfigError(f"{key}: got {name!r}; allowed: {allowed}")
+        spec = find_spec(name, cfg.data.root)
+        if spec is None or spec.task not in tasks:
+            raise ConfigError(
+                f"{key}: got {name!r}; allowed: {allowed}, or a {'/'.join(tasks)} dataset "
+                f"declared by {DECLARATION} in its folder under data.root"
+            )
         annotation = dataset_paths(cfg.data.root, name).annotation(split)  # type: ignore[arg-type]
         if not annotation.is_file():
-            raise FileNotFoundError(
-                f"{key} {name!r}: annotation file not found: {annotation} (data.root: "
-                f"{cfg.data.root})"
+            root = repr(cfg.data.root) if cfg.data.root else "not set"
+            raise MissingFileError(
+                f"{key} {name!r}: annotation file not found: {annotation} (data.root: {root})"
             )
 
 
@@ -276,7 +238,7 @@ def start_run(
     cfg = resolve_config(args)
     check(cfg)
     if args.init_from is not None and not args.init_from.is_file():
-        raise FileNotFoundError(f"--init-from: checkpoint not found: {args.init_from}")
+        raise MissingFileError(f"--init-from: checkpoint not found: {args.init_from}")
     tokenizer = TextTokenizer.from_dir(cfg.data.tokenizer)
     cfg = with_tokenizer(cfg, tokenizer)
     out: Path = args.out
@@ -291,21 +253,24 @@ def start_run(
     _setup_logging(out, env)
     if env.device.type == "cpu":
         retain_freed_memory()
+        deterministic_threads()
     seed_everything(cfg.seed + env.rank)
     resume_id = resume_state.get("tracking_run_id") if resume_state else None
     tracker = Tracker.start(
         cfg.tracking,
         run_name=f"{stage}:{out}",
-        params=flatten(asdict(cfg)),
+        # CPU results depend on the thread count (see docs/engine.md, "Exact resume")
+        params={**flatten(asdict(cfg)), "threads": torch.get_num_threads()},
         tags=_tags(stage, cfg, out, source),
         enabled=env.is_main,
         resume_run_id=resume_id,
     )
     log.info(
-        "svitt %s -> %s (%s, world size %d)%s",
+        "svitt %s -> %s (%s, %d threads, world size %d)%s",
         stage,
         out,
         env.device,
+        torch.get_num_threads(),
         env.world_size,
         f", resuming at step {resume_state['step']}" if resume_state else "",
     )
@@ -314,12 +279,21 @@ def start_run(
     return run
 
 
+def deterministic_threads() -> None:
+    """Bit-exact repeats (and resumes) on CPU at any thread count. With several threads the
+    accumulating backward of an index lookup (the relative-bias table) adds in whatever order
+    the threads meet; torch's deterministic kernels do not. One thread is deterministic
+    already and keeps its kernels, so the DAG's runs (1 thread each) are unchanged."""
+    if torch.get_num_threads() > 1:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
 def _resume_state(last: Path, identity: Mapping[str, Any], force: bool) -> dict[str, Any] | None:
     if not last.is_file() or force:
         return None
     state = load_checkpoint(last)
     if state.get("identity") != identity:
-        raise FileExistsError(
+        raise OutputExistsError(
             f"{last} belongs to a run with a different stage, config or starting checkpoint; "
             "pass --force to start over (it will be replaced) or use another --out"
         )
@@ -360,15 +334,6 @@ def _tags(stage: str, cfg: RunConfig, out: Path, source: str | None) -> dict[str
     return {**tags, **cfg.tags}
 
 
-USER_ERRORS = (
-    ConfigError,
-    FileNotFoundError,
-    FileExistsError,
-    KeyError,
-    StageError,
-    TrackingError,
-    BadVideosError,
-)
 _ACTIVE: list[Run] = []  # this process's run, so that a crash marks its MLflow run failed
 _LOG_HANDLERS: list[logging.Handler] = []  # the current run's log file
 
@@ -389,24 +354,29 @@ def run_stage(args: argparse.Namespace, body: Callable[[argparse.Namespace, str]
             body(argparse.Namespace(**{**vars(args), "config": config, "out": out}), args.command)
         return 0
 
-    return guarded(args.command, each)
+    return guarded(each)
 
 
-def guarded(stage: str, body: Callable[[], int]) -> int:
-    """Run a stage; a user error becomes one clear line and exit status 2, not a traceback."""
+def guarded(body: Callable[[], int]) -> int:
+    """Run a stage; whatever ends it early ends its MLflow run too (KILLED on an interrupt,
+    FAILED otherwise). Its log file and torch's determinism setting (`deterministic_threads`)
+    end with it. The CLI turns the exception into its line."""
+    deterministic = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+    )
     try:
         return body()
-    except USER_ERRORS as err:
-        _abort_active()
-        message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"svitt {stage}: error: {message}", file=sys.stderr)
-        return 2
+    except (Interrupted, KeyboardInterrupt):
+        _abort_active("KILLED")
+        raise
     except BaseException:
-        _abort_active()
+        _abort_active("FAILED")
         raise
     finally:
         dist_utils.shutdown()
         _close_log_file()
+        torch.use_deterministic_algorithms(deterministic[0], warn_only=deterministic[1])
 
 
 def _close_log_file() -> None:
@@ -416,9 +386,9 @@ def _close_log_file() -> None:
         handler.close()
 
 
-def _abort_active() -> None:
+def _abort_active(status: str) -> None:
     while _ACTIVE:
-        _ACTIVE.pop().tracker.finish("FAILED")
+        _ACTIVE.pop().tracker.finish(status)
 
 
 # --- training ---------------------------------------------------------------------------------
@@ -446,9 +416,36 @@ def to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
 
 
 def progress(env: DistEnv, **kwargs: Any) -> tqdm:
-    """Rate and ETA on a terminal; silent in log files and on ranks other than 0."""
+    """Rate and ETA on a terminal; silent in log files (see ProgressLog) and on ranks
+    other than 0."""
     quiet = not env.is_main or not sys.stderr.isatty()
     return tqdm(disable=quiet, dynamic_ncols=True, mininterval=1.0, **kwargs)
+
+
+class ProgressLog:
+    """Where no terminal shows the bar (a Snakemake job's log file): a log line about every
+    `every_s` seconds with step/total, rate and ETA."""
+
+    def __init__(self, env: DistEnv, start: int, total: int, every_s: float = 30.0) -> None:
+        self.enabled = env.is_main and not sys.stderr.isatty()
+        self.start, self.total, self.every_s = start, total, every_s
+        self.started = self.last = time.monotonic()
+
+    def update(self, step: int, loss: float) -> None:
+        now = time.monotonic()
+        if not self.enabled or (now - self.last < self.every_s and step < self.total):
+            return
+        self.last = now
+        rate = (step - self.start) / max(now - self.started, 1e-9)
+        eta = (self.total - step) / rate if rate > 0 else float("inf")
+        log.info(
+            "step %d/%d  %.2f steps/s  ETA %s  loss %.4f",
+            step,
+            self.total,
+            rate,
+            time.strftime("%H:%M:%S", time.gmtime(eta)) if math.isfinite(eta) else "?",
+            loss,
+        )
 
 
 @dataclass
@@ -494,6 +491,7 @@ def save_last(
         "identity": run.identity,
         "stage": run.stage,
         "tracking_run_id": run.tracker.run_id,
+        "threads": torch.get_num_threads(),
     }
     if run.env.is_main:
         save_checkpoint(run.out / LAST, state)
@@ -561,6 +559,15 @@ def train(
                 f"{env.world_size}; resume with the same number or pass --force"
             )
         set_rng_state(rng[env.rank])
+        if state.get("threads", torch.get_num_threads()) != torch.get_num_threads():
+            log.warning(
+                "%s was written with %d CPU threads, this run has %d: on CPU the resumed "
+                "run is not bit-exact (set OMP_NUM_THREADS=%d for that)",
+                run.out / LAST,
+                state["threads"],
+                torch.get_num_threads(),
+                state["threads"],
+            )
     ddp = model
     if env.distributed:
         ddp = nn.parallel.DistributedDataParallel(
@@ -570,69 +577,81 @@ def train(
         )
     stop_at = total if max_steps_this_run is None else min(total, step + max_steps_this_run)
     bar = progress(env, total=total, initial=step, desc=f"{run.stage} train", unit="step")
-    while step < stop_at:
-        epoch = step // steps_per_epoch
-        batches = epoch_batches(
-            len(dataset), opt.batch_size, cfg.seed, epoch, env.rank, env.world_size
-        )
-        batches = batches[: steps_per_epoch * opt.grad_accum]
-        done = (step % steps_per_epoch) * opt.grad_accum
-        loader = epoch_loader(dataset, collate, batches[done:], cfg, epoch)
-        ddp.train()
-        step_losses: dict[str, Tensor] = {}
-        for micro, batch in enumerate(loader, start=done):
-            run.skipped.extend(batch["skipped"])
-            if len(batch["video"]) == 0:
-                raise StageError(
-                    f"every video of a training batch failed to load: {batch['skipped']}"
-                )
-            batch = to_device(batch, env.device)
-            boundary = (micro + 1) % opt.grad_accum == 0
-            sync = nullcontext() if boundary or not env.distributed else ddp.no_sync()
-            with sync:
-                with autocast(env):
-                    terms = loss_fn(ddp, batch)
-                (terms["loss"] / opt.grad_accum).backward()
-            for name, value in terms.items():
-                step_losses[name] = (
-                    step_losses.get(name, 0.0) + value.detach().float() / opt.grad_accum
-                )
-            if not boundary:
-                continue
-            if opt.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), opt.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            names = sorted(step_losses)
-            means = dist_utils.mean_across_ranks(torch.stack([step_losses[n] for n in names]))
-            logged = dict(zip(names, means.tolist(), strict=True))
-            step_losses = {}
-            losses.add(logged)
-            check_finite(logged["loss"], f"training loss at step {step}")
-            lr = scheduler.get_last_lr()[0]
-            run.tracker.log_metrics(
-                {**{f"train/{k}": v for k, v in logged.items()}, "lr": lr}, step
+    progress_log = ProgressLog(env, step, total)
+    # A signal only asks to stop: the step in flight finishes (all its micro-batches), then
+    # last.pt is written at that step boundary, so the rerun resumes exactly there.
+    with stop_requests() as stop:
+        while step < stop_at:
+            epoch = step // steps_per_epoch
+            batches = epoch_batches(
+                len(dataset), opt.batch_size, cfg.seed, epoch, env.rank, env.world_size
             )
-            bar.update(1)
-            bar.set_postfix(loss=f"{logged['loss']:.4f}", lr=f"{lr:.2e}")
-            if step % steps_per_epoch == 0:
-                means_of_epoch = losses.close_epoch()
-                log.info(
-                    "epoch %d/%d  step %d/%d  %s  lr %.3g  skipped videos %d",
-                    epoch + 1,
-                    opt.epochs,
-                    step,
-                    total,
-                    "  ".join(f"{k} {v:.4f}" for k, v in sorted(means_of_epoch.items())),
-                    lr,
-                    len(run.skipped),
+            batches = batches[: steps_per_epoch * opt.grad_accum]
+            done = (step % steps_per_epoch) * opt.grad_accum
+            loader = epoch_loader(dataset, collate, batches[done:], cfg, epoch)
+            ddp.train()
+            step_losses: dict[str, Tensor] = {}
+            for micro, batch in enumerate(loader, start=done):
+                run.skipped.extend(batch["skipped"])
+                if len(batch["video"]) == 0:
+                    raise StageError(
+                        f"every video of a training batch failed to load: {batch['skipped']}"
+                    )
+                batch = to_device(batch, env.device)
+                boundary = (micro + 1) % opt.grad_accum == 0
+                sync = nullcontext() if boundary or not env.distributed else ddp.no_sync()
+                with sync:
+                    with autocast(env):
+                        terms = loss_fn(ddp, batch)
+                    (terms["loss"] / opt.grad_accum).backward()
+                for name, value in terms.items():
+                    step_losses[name] = (
+                        step_losses.get(name, 0.0) + value.detach().float() / opt.grad_accum
+                    )
+                if not boundary:
+                    continue
+                if opt.grad_clip is not None:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), opt.grad_clip)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                names = sorted(step_losses)
+                means = dist_utils.mean_across_ranks(torch.stack([step_losses[n] for n in names]))
+                logged = dict(zip(names, means.tolist(), strict=True))
+                step_losses = {}
+                losses.add(logged)
+                check_finite(logged["loss"], f"training loss at step {step}")
+                lr = scheduler.get_last_lr()[0]
+                run.tracker.log_metrics(
+                    {**{f"train/{k}": v for k, v in logged.items()}, "lr": lr}, step
                 )
-            if step % opt.checkpoint_every == 0 or step == stop_at:
-                save_last(run, model, optimizer, scheduler, step, steps_per_epoch, losses)
-            if step >= stop_at:
-                break
+                bar.update(1)
+                bar.set_postfix(loss=f"{logged['loss']:.4f}", lr=f"{lr:.2e}")
+                if step % steps_per_epoch == 0:
+                    means_of_epoch = losses.close_epoch()
+                    log.info(
+                        "epoch %d/%d  step %d/%d  %s  lr %.3g  skipped videos %d",
+                        epoch + 1,
+                        opt.epochs,
+                        step,
+                        total,
+                        "  ".join(f"{k} {v:.4f}" for k, v in sorted(means_of_epoch.items())),
+                        lr,
+                        len(run.skipped),
+                    )
+                progress_log.update(step, logged["loss"])
+                stopping = dist_utils.any_rank(stop.signum is not None)
+                if step % opt.checkpoint_every == 0 or step == stop_at or stopping:
+                    save_last(run, model, optimizer, scheduler, step, steps_per_epoch, losses)
+                if stopping:
+                    raise Interrupted(
+                        stop.signum or signal.SIGTERM,
+                        f"stopped at step {step} of {total}, saved in {run.out / LAST}; rerun the "
+                        "same command to resume from there",
+                    )
+                if step >= stop_at:
+                    break
     bar.close()
     if step < total:
         log.info("stopped after step %d of %d; rerun the same command to resume", step, total)
@@ -694,8 +713,7 @@ def finish_run(run: Run, metrics: dict[str, Any], training: bool) -> None:
         run.tracker.log_artifact(run.out / METRICS)
         # Not config.yaml: the workflow keeps its input config under that name in --out.
         config_path = run.out / RESOLVED_CONFIG
-        text = yaml.safe_dump(asdict(run.cfg), sort_keys=False)
-        atomic_write(config_path, lambda f: f.write(text.encode()))
+        atomic_write_text(config_path, yaml.safe_dump(asdict(run.cfg), sort_keys=False))
         run.tracker.log_artifact(config_path)
         run.tracker.log_artifact(run.out / LOG_FILE)
         (run.out / LAST).unlink(missing_ok=True)

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from svitt.config import TrackingConfig
+from svitt.errors import UserError
 
 DEFAULT_URI = "sqlite:///results/mlflow.db"
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on one param value
@@ -40,7 +41,7 @@ _JITTER = random.Random()  # not the global generator: logging must not shift tr
 log = logging.getLogger(__name__)
 
 
-class TrackingError(RuntimeError):
+class TrackingError(UserError, RuntimeError):
     """The tracking store cannot be used; the message names the URI and how to change it."""
 
 
@@ -170,14 +171,6 @@ class Tracker:
             chunk = items[start : start + 100]
             with_retry(lambda chunk=chunk: self._client.log_batch(self.run_id, params=chunk))
 
-    def set_tags(self, tags: Mapping[str, Any]) -> None:
-        if not self.enabled:
-            return
-        from mlflow.entities import RunTag
-
-        items = [RunTag(k, str(v)) for k, v in tags.items()]
-        with_retry(lambda: self._client.log_batch(self.run_id, tags=items))
-
     def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
         """Buffered: written every FLUSH_EVERY values and at `finish`."""
         if not self.enabled:
@@ -203,6 +196,7 @@ class Tracker:
         with_retry(lambda: self._client.log_artifact(self.run_id, str(path)))
 
     def finish(self, status: str = "FINISHED") -> None:
+        """End the run: FINISHED, FAILED (an error) or KILLED (SIGINT/SIGTERM)."""
         if not self.enabled or self.run_id is None:
             return
         self.flush()

@@ -24,6 +24,7 @@ from svitt.models.clips import ensemble_clip_scores, split_clips
 from svitt.models.singularity import Singularity, SingularityTemporal
 from svitt.models.svitt import SViTT
 from svitt.models.text import IGNORE_INDEX, additive_mask
+from svitt.models.weights import WeightsError
 
 ENCODERS: dict[str, type[SViTT]] = {
     "svitt": SViTT,
@@ -105,7 +106,7 @@ class VideoQA(nn.Module):
         layers and MLM head."""
         missing, _ = self.encoder.load_state_dict(state, strict=False)
         if missing:
-            raise KeyError(
+            raise WeightsError(
                 f"pre-trained state dict lacks {len(missing)} encoder weights of arch "
                 f"{self.cfg.arch!r}, e.g. {missing[:3]}"
             )

@@ -37,6 +37,7 @@ import torch
 from torch import Tensor
 
 from svitt.config import ConfigError
+from svitt.errors import MissingFileError, UserError
 from svitt.models.inflate import CLS_ROWS
 from svitt.models.svitt import SViTT
 from svitt.models.weights import hf_beit_to_timm
@@ -74,7 +75,7 @@ _ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
 }
 
 
-class CheckpointFormatError(ValueError):
+class CheckpointFormatError(UserError, ValueError):
     """The file is not a release checkpoint this model can take; the message says why."""
 
 
@@ -176,7 +177,7 @@ def read_release_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], Any]:
     (None for a bare state dict), read without executing anything from the file."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise MissingFileError(f"checkpoint not found: {path}")
     content = _unpickle(path)
     config = None
     if isinstance(content, dict) and isinstance(content.get("model"), dict):

@@ -104,7 +104,7 @@ class SingularityTemporal(Singularity):
     ) -> tuple[Tensor, Tensor, Tensor]:
         frames = tokens.shape[1]
         if frames != self.temporal_embed.shape[1]:
-            raise ValueError(
+            raise ConfigError(
                 f"singularity_temporal: a clip of {frames} frames; its temporal embedding has "
                 f"{self.temporal_embed.shape[1]} (model.vision.num_frames; evaluate at the "
                 "training clip length)"

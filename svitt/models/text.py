@@ -26,6 +26,8 @@ from safetensors.torch import load_file as load_safetensors
 from torch import Tensor, nn
 
 from svitt.config import ConfigError, SparsityConfig, TextConfig
+from svitt.errors import MissingFileError
+from svitt.files import torch_load
 from svitt.models.bert import (
     Attention,
     BertEmbeddings,
@@ -200,7 +202,7 @@ def bert_state_dict(path: str | Path, cfg: TextConfig) -> dict[str, Tensor]:
     path = Path(path)
     files = sorted(path.glob("model*.safetensors")) or sorted(path.glob("pytorch_model*.bin"))
     if not (path / "config.json").is_file() or not files:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"model.weights.text: no BERT checkpoint at {path} (expected a HF directory with "
             "config.json and model.safetensors or pytorch_model.bin, bert-base-uncased layout)"
         )
@@ -227,7 +229,7 @@ def bert_state_dict(path: str | Path, cfg: TextConfig) -> dict[str, Tensor]:
         if file.suffix == ".safetensors":
             state.update(load_safetensors(file))
         else:
-            state.update(torch.load(file, map_location="cpu", weights_only=True))
+            state.update(torch_load(file, "BERT checkpoint"))
     renamed = {}
     for key, value in state.items():
         name = _rename_bert_key(key, cfg.depth)

@@ -21,6 +21,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from svitt.config import ConfigError, VisionConfig
+from svitt.errors import MissingFileError, UserError
+from svitt.files import torch_load
 from svitt.models.inflate import CLS_ROWS, inflate_state_dict
 from svitt.models.vision import VisionTransformer
 
@@ -61,6 +63,10 @@ _HF_RENAMES = [
 _QKV = {"query": "q", "key": "k", "value": "v", "q": "q", "k": "k", "v": "v"}
 
 
+class WeightsError(UserError, ValueError):
+    """A weights file does not fit the model or is not a checkpoint; the message names it."""
+
+
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     """Tensors of a checkpoint file or HF directory (safetensors or torch pickle, weights only)."""
     path = Path(path)
@@ -69,18 +75,20 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
             path / n for n in ("model.safetensors", "pytorch_model.bin") if (path / n).is_file()
         ]
         if not found:
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"vision weights: {path} holds neither model.safetensors nor pytorch_model.bin"
             )
         path = found[0]
     if not path.is_file():
-        raise FileNotFoundError(f"vision weights: file not found: {path}")
+        raise MissingFileError(f"vision weights: file not found: {path}")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
         state = load_file(str(path))
     else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch_load(path, "torch checkpoint")
+    if not isinstance(state, dict):
+        raise WeightsError(f"vision weights: {path} holds a {type(state).__name__}, not weights")
     for wrapper in ("model", "module", "state_dict"):
         if isinstance(state.get(wrapper), dict):
             state = state[wrapper]
@@ -154,7 +162,7 @@ def _from_timm_vit(state: dict[str, Tensor]) -> dict[str, Tensor]:
 def _side(count: int, what: str, path: Path) -> int:
     side = math.isqrt(count)
     if side * side != count:
-        raise ValueError(f"{path}: {what} of {count} entries is not a square grid")
+        raise WeightsError(f"{path}: {what} of {count} entries is not a square grid")
     return side
 
 
@@ -201,7 +209,7 @@ def _fit_to_model(
 def load_vision_weights(model: VisionTransformer, path: str | Path, fmt: WeightsFormat) -> None:
     """Load an image checkpoint of format `fmt` (see FORMATS) from `path` into `model`."""
     if fmt not in FORMATS:
-        raise ValueError(f"vision weights format {fmt!r}; allowed: {', '.join(FORMATS)}")
+        raise WeightsError(f"vision weights format {fmt!r}; allowed: {', '.join(FORMATS)}")
     path = Path(path)
     if fmt == "beit_hf" and (path / "config.json").is_file():
         check_hf_beit_config(path, model.cfg)
@@ -214,19 +222,19 @@ def load_vision_weights(model: VisionTransformer, path: str | Path, fmt: Weights
     target = model.state_dict()
     missing = [k for k in target if k not in state]
     if missing:
-        raise ValueError(
+        raise WeightsError(
             f"{path} ({fmt}): no weights for {missing[0]!r} ({len(missing)} keys missing); "
             f"check vision.rel_pos_bias / abs_pos_emb / layer_scale_init / depth / pool"
         )
     unexpected = [k for k in state if k not in target]
     if unexpected:
-        raise ValueError(
+        raise WeightsError(
             f"{path} ({fmt}): key {unexpected[0]!r} has no place in the encoder "
             f"({len(unexpected)} unexpected keys); check the format and the model config"
         )
     for key, value in state.items():
         if value.shape != target[key].shape:
-            raise ValueError(
+            raise WeightsError(
                 f"{path} ({fmt}): {key!r} has shape {list(value.shape)}, the encoder expects "
                 f"{list(target[key].shape)}"
             )

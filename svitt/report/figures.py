@@ -22,6 +22,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from svitt.config import load_config
+from svitt.files import atomic_write
 from svitt.report.runs import figure_a1_runs
 from svitt.report.specs import load_datasets, load_spec
 from svitt.report.tables import load_profile, read_metric
@@ -30,11 +31,8 @@ DIMMED = 0.25  # brightness of pruned patches
 
 
 def _save_atomic(fig: plt.Figure, out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp.png")
-    fig.savefig(tmp, dpi=150, bbox_inches="tight")
+    atomic_write(out, lambda f: fig.savefig(f, format="png", dpi=150, bbox_inches="tight"))
     plt.close(fig)
-    tmp.replace(out)
 
 
 # --- Figure A1 ------------------------------------------------------------------------------

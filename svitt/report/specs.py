@@ -15,6 +15,8 @@ from typing import Any
 
 import yaml
 
+from svitt.errors import UserError
+
 SPARSITY_COLUMNS = ("name", "label", "attention", "K_l", "K_r", "G", "q_m", "q_m_qa")
 DATASET_COLUMNS = (
     "name",
@@ -29,7 +31,7 @@ _NAME = re.compile(r"^[A-Za-z0-9_]+$")  # names become path components and varia
 _KEEP_COLUMN = re.compile(r"^q_v_T([0-9]+)$")
 
 
-class SpecError(ValueError):
+class SpecError(UserError, ValueError):
     """A study spec or parameter table is malformed; the message names file, row and column."""
 
 
@@ -56,15 +58,30 @@ class SparsityRow:
         return self.visual_keep[frames]
 
 
-def _read_tsv(path: Path, required: tuple[str, ...]) -> list[dict[str, str]]:
+def _read_tsv(
+    path: Path, required: tuple[str, ...], optional: re.Pattern[str] | None = None
+) -> list[dict[str, str]]:
+    """Rows of a TSV with exactly the `required` columns plus any matching `optional`."""
     if not path.is_file():
         raise SpecError(f"{path}: file not found")
     with path.open(newline="") as handle:
-        rows = list(csv.DictReader(handle, delimiter="\t"))
-    columns = list(rows[0]) if rows else []
+        reader = csv.DictReader(handle, delimiter="\t")
+        columns = list(reader.fieldnames or [])
+        rows = list(reader)
     missing = [c for c in required if c not in columns]
     if missing:
         raise SpecError(f"{path}: missing columns {missing}; required: {list(required)}")
+    extra = [c for c in columns if c not in required and not (optional and optional.match(c))]
+    if extra:
+        allowed = list(required) + ([optional.pattern] if optional else [])
+        raise SpecError(f"{path}: unknown column {extra[0]!r}; allowed: {allowed}")
+    for i, row in enumerate(rows):
+        if None in row or None in row.values():  # csv's marks of extra and missing cells
+            more = "more" if None in row else "fewer"
+            raise SpecError(
+                f"{path}: row {i + 1} has {more} cells than the {len(columns)} columns of the "
+                "header; separate the cells by one tab each"
+            )
     return rows
 
 
@@ -77,6 +94,18 @@ def _number(path: Path, index: int, row: dict[str, str], column: str, kind: type
             f"{path}: row {index + 1} ({row.get('name')!r}), column {column!r}: expected "
             f"{'an integer' if kind is int else 'a number'}, got {raw!r}"
         ) from None
+
+
+def _count(path: Path, index: int, row: dict[str, str], column: str, allowed: str) -> int:
+    """An integer cell checked against `allowed`: "odd >= 1", ">= 0" or ">= 1"."""
+    value = _number(path, index, row, column, int)
+    ok = {"odd >= 1": value >= 1 and value % 2 == 1, ">= 0": value >= 0, ">= 1": value >= 1}
+    if not ok[allowed]:
+        raise SpecError(
+            f"{path}: row {index + 1} ({row['name']!r}), column {column!r}: an integer "
+            f"{allowed} is required, got {value}"
+        )
+    return value
 
 
 def _rate(path: Path, index: int, row: dict[str, str], column: str) -> float:
@@ -92,7 +121,9 @@ def _rate(path: Path, index: int, row: dict[str, str], column: str) -> float:
 def load_sparsity_table(path: str | Path) -> list[SparsityRow]:
     """Read `sparsity.tsv`: name, label, attention, K_l, K_r, G, q_v_T<frames>..., q_m, q_m_qa."""
     path = Path(path)
-    rows = _read_tsv(path, SPARSITY_COLUMNS)
+    rows = _read_tsv(path, SPARSITY_COLUMNS, _KEEP_COLUMN)
+    if not rows:
+        raise SpecError(f"{path}: no rows; add one sparsity configuration per line")
     keep_columns = {int(m.group(1)): c for c in rows[0] if (m := _KEEP_COLUMN.match(c))}
     if not keep_columns:
         raise SpecError(f"{path}: no q_v_T<frames> column (visual keep rate per clip length)")
@@ -116,9 +147,9 @@ def load_sparsity_table(path: str | Path) -> list[SparsityRow]:
                 name=name,
                 label=row["label"].strip(),
                 attention=attention,
-                local_blocks=_number(path, i, row, "K_l", int),
-                random_blocks=_number(path, i, row, "K_r", int),
-                block_size=_number(path, i, row, "G", int),
+                local_blocks=_count(path, i, row, "K_l", "odd >= 1"),  # a centred window
+                random_blocks=_count(path, i, row, "K_r", ">= 0"),
+                block_size=_count(path, i, row, "G", ">= 1"),
                 visual_keep={t: _rate(path, i, row, c) for t, c in sorted(keep_columns.items())},
                 cross_keep=_rate(path, i, row, "q_m"),
                 cross_keep_qa=_rate(path, i, row, "q_m_qa"),

@@ -23,6 +23,8 @@ import yaml
 from tabulate import tabulate
 
 from svitt.config import RunConfig, load_config
+from svitt.errors import MissingFileError
+from svitt.files import atomic_write_text
 from svitt.report.runs import ALL_TABLES, Profile, Run, TableRow, Variant, table_rows
 from svitt.report.specs import SpecError, load_datasets, load_spec
 from svitt.sparsity import count_edges
@@ -44,9 +46,12 @@ class Table:
 
 def read_metric(path: str | Path, key: str) -> float:
     """One number from a run's metrics.json; a missing key names the file and the keys found."""
-    metrics = json.loads(Path(path).read_text())
+    path = Path(path)
+    if not path.is_file():
+        raise MissingFileError(f"metrics file not found: {path} (run its job first)")
+    metrics = json.loads(path.read_text())
     if key not in metrics:
-        raise KeyError(f"{path}: no metric {key!r}; found: {', '.join(sorted(metrics))}")
+        raise SpecError(f"{path}: no metric {key!r}; found: {', '.join(sorted(metrics))}")
     return float(metrics[key])
 
 
@@ -364,12 +369,6 @@ def to_latex(table: Table) -> str:
     )
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
 def write_table(table: Table, out_dir: str | Path) -> list[Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -381,7 +380,7 @@ def write_table(table: Table, out_dir: str | Path) -> list[Path]:
     paths = []
     for ext, text in outputs.items():
         path = out_dir / f"{table.name}.{ext}"
-        _write_atomic(path, text)
+        atomic_write_text(path, text)
         paths.append(path)
     return paths
 
@@ -390,7 +389,7 @@ def load_profile(path: str | Path) -> Profile:
     """The profile config the workflow ran with (its `profile_config` rule's dump)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"profile config not found: {path}")
+        raise MissingFileError(f"profile config not found: {path}")
     return Profile(yaml.safe_load(path.read_text()))
 
 
