@@ -69,7 +69,10 @@ def test_validate_data_report(root, tmp_path):
         "train": {"videos": 2, "texts": 4},
         "test": {"videos": 3, "texts": 4},
     }
+    assert report["bad"][0]["splits"] == ["test"]
     assert main([*args, "--strict"]) == 2  # a user error: one line naming the report
+    assert main([*args, "--strict", "test"]) == 2
+    assert main([*args, "--strict", "train"]) == 0  # training skips bad videos
 
 
 def test_validate_data_names_every_bad_file_with_several_workers(root, tmp_path, capsys):

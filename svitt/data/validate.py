@@ -73,19 +73,22 @@ def validate_dataset(
                 f"dataset {name!r}: no annotation file in {paths.base / 'annotations'}; "
                 f"expected {' or '.join(s + '.json' for s in paths.spec.splits)}"
             )
-    counts, names = {}, []
+    counts, names, splits_of = {}, [], {}
     for split in splits:
         videos, texts = annotation_counts(paths.annotation(split))
         counts[split] = {"videos": len(videos), "texts": texts}
         names += videos
+        for video in videos:
+            splits_of.setdefault(video, []).append(split)
     if paths.spec.has_answer_list and not paths.answer_list.is_file():
         raise MissingFileError(f"answer list not found: {paths.answer_list}")
-    files = [paths.video(v) for v in unique_videos(names)]
+    unique = unique_videos(names)
+    files = [paths.video(v) for v in unique]
     results = probe_all(files, workers, desc=f"validating {name}")
     videos, bad = [], []
-    for path, result in zip(files, results, strict=True):
+    for video, path, result in zip(unique, files, results, strict=True):
         if isinstance(result, VideoError):
-            bad.append({"path": str(path), "error": result.reason})
+            bad.append({"path": str(path), "error": result.reason, "splits": splits_of[video]})
         else:
             videos.append(
                 {
@@ -124,7 +127,13 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
         help="splits to check, each must exist (default: every split with an annotation file)",
     )
     parser.add_argument(
-        "--strict", action="store_true", help="exit with status 2 if any video is bad"
+        "--strict",
+        nargs="*",
+        choices=["train", "test"],
+        default=None,
+        metavar="SPLIT",
+        help="exit with status 2 if a video of these splits is bad (no SPLIT: of any split); "
+        "the DAG passes `--strict test`: evaluation refuses bad videos, training skips them",
     )
 
 
@@ -143,13 +152,16 @@ def run(args: argparse.Namespace) -> int:
     if not bad:
         log.info("%s: all %d videos decode", args.dataset, report["num_videos"])
         return 0
+    strict = args.strict is not None and any(
+        not args.strict or set(args.strict) & set(b["splits"]) for b in bad
+    )
     named = "; ".join(f"{b['path']}: {b['error']}" for b in bad[:SHOWN_BAD])
     more = f"; and {len(bad) - SHOWN_BAD} more" if len(bad) > SHOWN_BAD else ""
     summary = (
         f"{args.dataset}: {len(bad)} of {report['num_videos']} videos are bad ({named}{more}; "
         f"all listed in {args.out}); fix or remove them"
     )
-    if args.strict:
+    if strict:
         raise BadDatasetError(summary)
     log.warning("%s", summary)
     return 0

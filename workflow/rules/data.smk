@@ -53,9 +53,9 @@ if DATA["source"] == "synthetic":
 
 rule validate_data:
     """Decode every video of a dataset and check its annotations; fails naming a missing path.
-    Strict (a bad video fails the job) for the datasets that an evaluation reads, since
-    evaluation refuses bad videos: better now than after pre-training. Training drops bad
-    videos, so a pre-training-only dataset only lists them in its report."""
+    Strict for the test split of the datasets that an evaluation reads (a bad test video fails
+    the job), since evaluation refuses bad videos: better now than after pre-training.
+    Training skips bad videos, so a bad training video is only listed in the report."""
     input:
         generated=[DATA["root"]] if DATA["source"] == "synthetic" else [],
     output:
@@ -64,7 +64,9 @@ rule validate_data:
         # A function: for `files` the root is no input of the job (a missing root must fail in
         # the job, whose log names it), and the linter asks for inputs over hardcoded prefixes.
         root=lambda wildcards: DATA["root"],
-        strict=lambda wildcards: "--strict" if wildcards.dataset in evaluated_datasets() else "",
+        strict=lambda wildcards: (
+            "--strict test" if wildcards.dataset in evaluated_datasets() else ""
+        ),
     log:
         f"{RUNS}/data/{{dataset}}.log",
     priority: 10
