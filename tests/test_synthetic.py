@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 
@@ -49,6 +50,35 @@ def test_same_seed_gives_same_annotation_bytes_and_frames(ci_root, tmp_path):
             write_video(again, render(script, RECIPES[name].frames))
             assert again.read_bytes() == paths.video(video).read_bytes()
             assert np.array_equal(eval_clip(again, 0), eval_clip(paths.video(video), 0))
+
+
+_WRITE_CHARADES_VIDEOS = """
+import sys
+from pathlib import Path
+from svitt.data.synthetic import RECIPES, draw_dataset, write_videos
+out, workers = Path(sys.argv[1]), int(sys.argv[2])
+out.mkdir()
+frames = RECIPES["charades"].frames
+drafts = draw_dataset("charades", "ci", 0).values()
+write_videos([(out / v, s, frames) for d in drafts for v, s in d.videos.items()], workers)
+"""
+
+
+def test_video_bytes_depend_neither_on_workers_nor_on_earlier_allocations(tmp_path):
+    """x264's AVX-512 code reads heap memory it never wrote, so on such a CPU a few videos
+    came out differently after other encodes. One process on a fresh heap and two workers
+    whose every allocation glibc fills with 0xaa write the same bytes (the test has teeth on
+    an AVX-512 CPU with glibc only)."""
+    for workers, perturb in ((1, "0"), (2, "85")):
+        out = str(tmp_path / str(workers))
+        env = {**os.environ, "MALLOC_PERTURB_": perturb}
+        subprocess.run(
+            [sys.executable, "-c", _WRITE_CHARADES_VIDEOS, out, str(workers)], env=env, check=True
+        )
+    videos = sorted(p.name for p in (tmp_path / "1").iterdir())
+    assert len(videos) == sum(SPLIT_SIZES["ci"]["charades"].values())
+    for name in videos:
+        assert (tmp_path / "1" / name).read_bytes() == (tmp_path / "2" / name).read_bytes(), name
 
 
 def test_reversed_script_renders_reversed_video_and_flips_caption():

@@ -15,13 +15,15 @@ synthetic data. Generation rules and sizes are documented in docs/data.md.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -242,11 +244,34 @@ def render(script: Script, num_frames: int) -> np.ndarray:
     return frames
 
 
+# x264's AVX-512 code (core 165, as PyAV bundles it) reads heap memory it never wrote, so on
+# an AVX-512 CPU the bytes of a few videos depend on what the process allocated and freed
+# before: on which videos the same worker encoded earlier. glibc's M_PERTURB option with byte
+# 255 fills every new allocation with 255 ^ 0xff = 0, which is what those reads see in a fresh
+# process; elsewhere (no glibc, or no AVX-512) this changes nothing.
+_M_PERTURB = -6
+_LIBC = ctypes.CDLL(None) if os.name == "posix" else None
+
+
+@contextmanager
+def _zero_filled_allocations() -> Iterator[None]:
+    mallopt = getattr(_LIBC, "mallopt", None)
+    if mallopt is None:
+        yield
+        return
+    mallopt(_M_PERTURB, 255)
+    try:
+        yield
+    finally:
+        mallopt(_M_PERTURB, 0)  # zero-filling costs a memset per allocation and free
+
+
 def write_video(path: Path, frames: np.ndarray, fps: int = FPS) -> None:
-    """H.264 / yuv420p mp4; one encoder thread so the bytes are reproducible."""
+    """H.264 / yuv420p mp4; one encoder thread and zero-filled allocations so the bytes are
+    reproducible."""
     import av
 
-    with av.open(str(path), "w") as container:
+    with _zero_filled_allocations(), av.open(str(path), "w") as container:
         stream = container.add_stream("libx264", rate=fps, options={"threads": "1", "crf": "18"})
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = "yuv420p"
@@ -258,6 +283,23 @@ def write_video(path: Path, frames: np.ndarray, fps: int = FPS) -> None:
 def _render_and_write(job: tuple[Path, Script, int]) -> None:
     path, script, num_frames = job
     write_video(path, render(script, num_frames))
+
+
+def write_videos(jobs: Sequence[tuple[Path, Script, int]], workers: int) -> None:
+    """Render and encode each (path, script, frames) job, in `workers` processes if > 1."""
+    bar = dict(
+        total=len(jobs), desc="synthetic videos", unit="video", mininterval=1.0, disable=None
+    )
+    if workers > 1:
+        pool = ProcessPoolExecutor(workers)
+        try:
+            for _ in tqdm(pool.map(_render_and_write, jobs, chunksize=32), **bar):
+                pass
+        finally:  # on an interrupt, drop the videos not started yet
+            pool.shutdown(cancel_futures=True)
+    else:
+        for job in tqdm(jobs, **bar):
+            _render_and_write(job)
 
 
 # --- texts: captions, labels, paragraphs, questions ----------------------------------------
@@ -808,20 +850,7 @@ def generate(
                     }
                 )
                 _write_json(paths.answer_list, answers)
-        workers = workers or min(2, os.cpu_count() or 1)
-        bar = dict(
-            total=len(jobs), desc="synthetic videos", unit="video", mininterval=1.0, disable=None
-        )
-        if workers > 1:
-            pool = ProcessPoolExecutor(workers)
-            try:
-                for _ in tqdm(pool.map(_render_and_write, jobs, chunksize=32), **bar):
-                    pass
-            finally:  # on an interrupt, drop the videos not started yet
-                pool.shutdown(cancel_futures=True)
-        else:
-            for job in tqdm(jobs, **bar):
-                _render_and_write(job)
+        write_videos(jobs, workers or min(2, os.cpu_count() or 1))
         train_tokenizer(_corpus(drafts), tmp / TOKENIZER_DIR)
         manifest = _manifest(tmp, size, seed)
         _write_json(tmp / MANIFEST, manifest)
