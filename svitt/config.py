@@ -197,9 +197,15 @@ class WeightsConfig:
     text: str | None = None  # a HF directory in bert-base-uncased layout
 
 
+Arch = Literal["svitt", "frozen", "singularity", "singularity_temporal"]
+# Archs that encode every frame alone (no space-time attention, hence no space-time sparsity
+# and no temporal inflation of the visual encoder).
+FRAME_LEVEL_ARCHS: tuple[str, ...] = ("singularity", "singularity_temporal")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
-    arch: Literal["svitt", "frozen", "singularity"] = "svitt"
+    arch: Arch = "svitt"
     vision: VisionConfig = field(default_factory=VisionConfig)
     text: TextConfig = field(default_factory=TextConfig)
     sparsity: SparsityConfig = field(default_factory=SparsityConfig)
@@ -238,6 +244,10 @@ class ModelConfig:
             self.temperature,
         )
         self.sparsity.check_fits(self.vision.num_patches)
+
+    @property
+    def frame_level(self) -> bool:
+        return self.arch in FRAME_LEVEL_ARCHS
 
 
 @dataclass(frozen=True)
@@ -279,12 +289,22 @@ class OptimConfig:
     grad_clip: float | None = None
     grad_accum: int = 1
     checkpoint_every: int = 200  # optimizer steps between resumable checkpoints
+    # The cosine schedule ends at lr * min_lr_ratio (the release: 0.01 in pre-training, 0.1
+    # downstream); 0 decays to zero.
+    min_lr_ratio: float = 0.0
 
     def __post_init__(self) -> None:
         _check(self.lr > 0, "lr", "a value > 0", self.lr)
+        _check(
+            0.0 <= self.min_lr_ratio <= 1.0, "min_lr_ratio", "a value in [0, 1]", self.min_lr_ratio
+        )
         _check(self.batch_size >= 1, "batch_size", "an integer >= 1", self.batch_size)
         _check(self.grad_accum >= 1, "grad_accum", "an integer >= 1", self.grad_accum)
         _check(self.epochs >= 1, "epochs", "an integer >= 1", self.epochs)
+
+
+ClipEnsemble = Literal["lse", "mean"]
+Rerank = Literal["sigmoid_plus_cosine", "itm_logit"]
 
 
 @dataclass(frozen=True)
@@ -293,6 +313,13 @@ class EvalConfig:
 
     batch_size: int = 32
     k_test: int = 128  # candidates re-scored by VTM
+    # Score of a re-scored candidate: sigmoid(VTM logit) + VTC cosine, or the match logit
+    # alone (the release). docs/engine.md, "Retrieval evaluation".
+    rerank: Rerank = "sigmoid_plus_cosine"
+    # Test clips per video: num_clips * T middle-of-chunk frames cut into num_clips consecutive
+    # clips of T frames (the release's num_frames_test = 3T); their scores are combined.
+    num_clips: int = 1
+    clip_ensemble: ClipEnsemble = "lse"  # how VTM / QA scores of the clips combine
     frame_order: Literal["normal", "reverse", "shuffle"] = "normal"
     visual_keep_rate: float | None = None  # overrides sparsity.visual_keep_rate (Figure A1)
     token_order: TokenOrder | None = None
@@ -303,6 +330,7 @@ class EvalConfig:
         if self.visual_keep_rate is not None:
             _check_rate("visual_keep_rate", self.visual_keep_rate)
         _check(self.k_test >= 1, "k_test", "an integer >= 1", self.k_test)
+        _check(self.num_clips >= 1, "num_clips", "an integer >= 1", self.num_clips)
 
 
 @dataclass(frozen=True)

@@ -74,9 +74,9 @@ class EdgeCount:
 
 def count_edges(model: ModelConfig, text_len: int) -> EdgeCount:
     """Table A1 row of `model` with text length `text_len` (N_t)."""
-    if model.arch == "singularity":
+    if model.frame_level:
         raise ValueError(
-            "count_edges: model.arch 'singularity' encodes frames separately and has no "
+            f"count_edges: model.arch {model.arch!r} encodes frames separately and has no "
             "space-time graph to count; allowed: 'svitt', 'frozen'"
         )
     if text_len < 1:

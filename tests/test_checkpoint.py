@@ -96,6 +96,21 @@ def test_cosine_schedule_with_warmup():
     assert lr_factor(0, 0, 10) == pytest.approx(1.0)
 
 
+def test_cosine_schedule_ends_at_the_minimum_ratio():
+    """The release decays to lr * min_lr_multi (0.01 pre-training, 0.1 downstream)."""
+    assert lr_factor(3, 4, 20, min_lr_ratio=0.1) == pytest.approx(1.0)  # warm-up unchanged
+    assert lr_factor(4, 4, 20, min_lr_ratio=0.1) == pytest.approx(1.0)
+    assert lr_factor(12, 4, 20, min_lr_ratio=0.1) == pytest.approx(0.55)
+    assert lr_factor(20, 4, 20, min_lr_ratio=0.1) == pytest.approx(0.1)
+    assert lr_factor(25, 4, 20, min_lr_ratio=0.01) == pytest.approx(0.01)
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=2.0)
+    scheduler = build_scheduler(optimizer, 0, 10, min_lr_ratio=0.01)
+    for _ in range(10):
+        optimizer.step()
+        scheduler.step()
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.02)
+
+
 def test_no_weight_decay_on_norms_biases_and_listed_parameters():
     class Net(torch.nn.Module):
         def __init__(self):

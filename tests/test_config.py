@@ -30,6 +30,10 @@ def test_defaults_round_trip_through_plain_data():
         ({"model": {"arch": "clip"}}, "model.arch: got 'clip'"),
         ({"optim": {"lr": "fast"}}, "optim.lr: got 'fast'; allowed: a number"),
         ({"data": {"crop_scale": [0.9, 0.5]}}, "data.crop_scale: got [0.9, 0.5]; allowed: [low"),
+        ({"eval": {"rerank": "vtm"}}, "eval.rerank: got 'vtm'; allowed: one of"),
+        ({"eval": {"clip_ensemble": "max"}}, "eval.clip_ensemble: got 'max'; allowed: one of"),
+        ({"eval": {"num_clips": 0}}, "eval.num_clips: got 0; allowed: an integer >= 1"),
+        ({"optim": {"min_lr_ratio": 1.5}}, "optim.min_lr_ratio: got 1.5; allowed: a value in"),
     ],
 )
 def test_bad_values_name_the_key_and_what_is_allowed(data, message):

@@ -156,6 +156,25 @@ def test_zero_shot_retrieval_with_eval_overrides(bench, pretrained):
     assert not (out / "checkpoint.pt").exists()  # evaluation writes metrics only
 
 
+def test_three_clip_evaluation_with_the_release_rules(bench, pretrained):
+    """eval.num_clips 3 (the release's num_frames_test = 3T), logsumexp over clips, ranking
+    by the match logit: the VTC-only recall does not depend on the re-rank rule."""
+    ckpt = ["--init-from", str(pretrained / "checkpoint.pt")]
+    clips = ["--set", "eval.num_clips=3", "--set", "eval.clip_ensemble=lse"]
+    runs = {}
+    for rule in ("itm_logit", "sigmoid_plus_cosine"):
+        out = bench["base"] / f"clips3-{rule}"
+        rerank = ["--set", f"eval.rerank={rule}", "--set", "data.dataset=msrvtt"]
+        assert stage(bench, "eval-retrieval", out, *ckpt, *clips, *rerank) == 0
+        runs[rule] = metrics_of(out)
+        assert 0.0 <= runs[rule]["r1"] <= runs[rule]["r5"] <= runs[rule]["r10"] <= 100.0
+    vtc = [{k: v for k, v in m.items() if k.startswith("vtc_")} for m in runs.values()]
+    assert vtc[0] == vtc[1] and vtc[0]
+    qa = bench["base"] / "clips3-qa"
+    assert stage(bench, "eval-qa", qa, *ckpt, *clips, "--set", "data.dataset=msrvtt_qa") == 0
+    assert 0.0 <= metrics_of(qa)["accuracy"] <= 100.0 and metrics_of(qa)["num_queries"] == 32
+
+
 def test_one_evaluation_process_writes_one_run_per_config(bench, pretrained, capsys):
     """Several --config/--out pairs: each run is what it would be alone, with its own log and
     MLflow run."""

@@ -141,6 +141,59 @@ def test_top_one_is_the_most_probable_first_token():
     assert ranked.tolist() == first[:, answer_list[:, 1]].argmax(dim=1).tolist()
 
 
+def test_answers_of_several_clips_are_ensembled():
+    torch.manual_seed(0)
+    model = VideoQA(small_config()).eval()
+    answer_list, list_mask = answers([5], [6, 7], [6, 8], [9], [12])
+    batch = qa_batch(*answers([5], [9]))
+    question = batch["question_ids"], batch["question_mask"]
+    # Two copies of one clip: every score shifts alike (lse: + log 2), the answer stays.
+    for rule in ("lse", "mean"):
+        twice = torch.cat([batch["video"], batch["video"]], dim=1)
+        assert torch.equal(
+            model.rank_answers(twice, *question, answer_list, list_mask, 2, 2, rule),
+            model.rank_answers(batch["video"], *question, answer_list, list_mask, 2),
+        )
+
+
+def test_clip_ensemble_picks_by_the_combined_scores(monkeypatch):
+    """Hand-built per-clip log-probabilities of answers 0, 1, 2 (one question): answer 0 is
+    excellent in clip A and poor in clip B, answer 1 decent in both. logsumexp (a soft max
+    over clips) picks 0, the mean picks 1; first-token scores choose the candidates."""
+    model = VideoQA(small_config()).eval()
+    first = {0.0: [-0.1, -2.0, -1.0], 1.0: [-9.0, -2.0, -1.0]}
+    full = {0.0: [-0.1, -2.0, -30.0], 1.0: [-9.0, -2.0, -30.0]}
+
+    def clip_of(states):
+        return states.flatten()[0].item()  # the clip's constant pixel value, passed through
+
+    monkeypatch.setattr(model, "encode_question", lambda video, ids, mask: video.flatten(1))
+    monkeypatch.setattr(
+        model,
+        "first_token_scores",
+        lambda states, mask, ids: torch.tensor([first[clip_of(states)]]),
+    )
+    monkeypatch.setattr(
+        model,
+        "answer_scores",
+        lambda states, mask, ids, answer_mask, candidates: torch.tensor(
+            [full[clip_of(states)]]
+        ).gather(1, candidates),
+    )
+    video = torch.cat([torch.zeros(1, 2, 3, 16, 16), torch.ones(1, 2, 3, 16, 16)], dim=1)
+    question = torch.ones(1, 5, dtype=torch.long), torch.ones(1, 5, dtype=torch.long)
+    answer_list, list_mask = answers([5], [6], [7])
+
+    def rank(top_k, rule):
+        return model.rank_answers(video, *question, answer_list, list_mask, top_k, 2, rule).item()
+
+    assert rank(3, "lse") == 0 and rank(3, "mean") == 1
+    # The top 1 by the combined first-token scores: answer 0 by lse, answer 2 by the mean;
+    # the top 2 (0, 2 by lse; 2, 1 by the mean) re-ranked by the combined full scores.
+    assert rank(1, "lse") == 0 and rank(1, "mean") == 2
+    assert rank(2, "lse") == 0 and rank(2, "mean") == 1
+
+
 def test_load_pretrained_video_text_checkpoint():
     torch.manual_seed(0)
     pretrained = create_model(small_config())

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from svitt.config import load_config
-from svitt.report.runs import Profile, Run, Variant, figure_a1_runs, table_runs
+from svitt.report.runs import Profile, Run, Variant, figure_a1_runs, table_rows, table_runs
 from svitt.report.specs import SpecError, load_sparsity_table, load_spec
 from svitt.report.tables import (
     REPORTED,
@@ -114,6 +114,37 @@ def test_resolved_config_layers(workdir: Path) -> None:
     assert morton.model.sparsity.token_order == "morton"
     frozen = load_config(profile.resolve(Run("pretrain", Variant("frozen", "dense"), 4)))
     assert (frozen.model.arch, frozen.model.vision.abs_pos_emb) == ("frozen", True)
+
+
+def test_paper_profile_takes_the_release_recipe(workdir: Path) -> None:
+    profile = Profile(load_profile_config("paper"))
+    hybrid = Variant("svitt", "hybrid")
+    pretrain = load_config(profile.resolve(Run("pretrain", hybrid, 4)))
+    assert set(pretrain.model.loss_weights) == {"vtc", "vtm", "mlm"}  # MLM in pre-training
+    assert pretrain.optim.min_lr_ratio == 0.01
+    finetune = load_config(profile.resolve(Run("finetune-retrieval", hybrid, 4, "msrvtt")))
+    assert finetune.model.loss_weights == {"vtc": 1.0, "vtm": 1.0}  # no MLM downstream
+    assert finetune.optim.min_lr_ratio == 0.1
+    assert (finetune.eval.num_clips, finetune.eval.clip_ensemble) == (3, "lse")
+    assert finetune.eval.rerank == "itm_logit"
+    qa = load_config(profile.resolve(Run("finetune-qa", hybrid, 8, "anet_qa")))
+    assert (qa.optim.min_lr_ratio, qa.eval.num_clips) == (0.1, 3)
+    # Tables A5 and A8 have both Singularity baselines in the paper profile, only the frame
+    # mean in the embedded default (which configures no singularity_temporal).
+    for table in ("A5", "A8"):
+        paper_archs = {run.variant.arch for run in table_runs(profile, table)}
+        assert {"singularity", "singularity_temporal"} <= paper_archs
+        default_archs = {run.variant.arch for run in table_runs(synthetic_profile(), table)}
+        assert "singularity_temporal" not in default_archs and "singularity" in default_archs
+
+
+def test_a_misspelt_arch_in_a_spec_row_fails_even_where_it_is_not_configured(
+    workdir: Path,
+) -> None:
+    spec = load_spec(workdir / "ablations", "A8")
+    spec["rows"].append({"method": "typo", "arch": "singularity_temporl", "frames": 4})
+    with pytest.raises(SpecError, match="unknown arch 'singularity_temporl'"):
+        table_rows(synthetic_profile(), spec)
 
 
 def test_block_size_scales_with_frame_tokens(workdir: Path) -> None:

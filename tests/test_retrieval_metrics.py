@@ -1,10 +1,19 @@
 """Retrieval and QA metrics on hand-built scores, where the right answer is known."""
 
+import math
+
 import pytest
 import torch
 
 from svitt.engine.qa import accuracy
-from svitt.engine.retrieval import match_scores, positive_ranks, recall_metrics, rerank_top_k
+from svitt.engine.retrieval import (
+    candidate_scores,
+    match_scores,
+    positive_ranks,
+    recall_metrics,
+    rerank_top_k,
+)
+from svitt.models.clips import clip_similarity, ensemble_clip_scores, split_clips
 
 
 def test_recall_on_a_hand_built_similarity_matrix():
@@ -69,6 +78,53 @@ def test_a_video_only_vtm_head_cannot_erase_the_vtc_ranking():
     final = rerank_top_k(similarity, top_index, match_scores(top_similarity, logits))
     assert positive_ranks(final, [[0], [1]]).tolist() == [0, 0]
     assert recall_metrics(final, [[0], [1]])["r1"] == pytest.approx(100.0)
+
+
+def test_itm_logit_rerank_ranks_candidates_by_the_logit_alone():
+    """The release: the top k by VTC, then ranked by the raw match logit."""
+    similarity = torch.tensor([[0.9, 0.1, 0.8]])
+    top_index = torch.tensor([[0, 2]])
+    logits = torch.tensor([[-1.0, 0.5]])
+    top_similarity = similarity.gather(1, top_index)
+    assert candidate_scores(top_similarity, logits, "itm_logit").tolist() == [[-1.0, 0.5]]
+    ours = candidate_scores(top_similarity, logits, "sigmoid_plus_cosine")
+    assert torch.equal(ours, match_scores(top_similarity, logits))
+    # A cosine gap (0.7) larger than the probability gap (0.35) keeps VTC's order in ours.
+    wide = torch.tensor([[0.9, 0.2]])
+    assert candidate_scores(wide, logits, "sigmoid_plus_cosine").argmax().item() == 0
+    assert candidate_scores(wide, logits, "itm_logit").argmax().item() == 1
+    with pytest.raises(ValueError, match="allowed"):
+        candidate_scores(top_similarity, logits, "vtc")
+
+
+def test_clip_ensemble_known_answers():
+    scores = torch.tensor([[0.0, 2.0], [math.log(3.0), -1.0]])  # 2 clips x 2 pairs
+    lse = ensemble_clip_scores(scores, "lse")
+    assert lse.tolist() == pytest.approx([math.log(4.0), math.log(math.exp(2) + math.exp(-1))])
+    assert ensemble_clip_scores(scores, "mean").tolist() == pytest.approx([math.log(3) / 2, 0.5])
+    one = torch.tensor([[0.3, -7.25]])
+    for rule in ("lse", "mean"):  # one clip: the plain evaluation, bit for bit
+        assert torch.equal(ensemble_clip_scores(one, rule), one[0])
+    with pytest.raises(ValueError, match=r"eval\.clip_ensemble"):
+        ensemble_clip_scores(scores, "max")
+
+
+def test_clip_similarity_averages_cosines_over_clips():
+    text = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    video = torch.tensor([[[1.0, 0.0], [0.0, 1.0]], [[0.6, 0.8], [0.6, 0.8]]])  # [V, C, E]
+    expected = torch.tensor([[0.5, 0.6], [0.5, 0.8]])
+    torch.testing.assert_close(clip_similarity(text, video), expected)
+    single = video[:, :1]
+    assert torch.equal(clip_similarity(text, single), text @ single[:, 0].T)
+
+
+def test_split_clips_cuts_consecutive_clips():
+    video = torch.arange(2 * 6).view(2, 6)  # [B, 3 clips * 2 frames]
+    clips = split_clips(video, 3)
+    assert [c.tolist() for c in clips] == [[[0, 1], [6, 7]], [[2, 3], [8, 9]], [[4, 5], [10, 11]]]
+    assert all(c.is_contiguous() for c in clips)
+    with pytest.raises(ValueError, match=r"eval\.num_clips"):
+        split_clips(video, 4)
 
 
 def test_qa_accuracy_is_exact_match_and_answers_outside_the_list_never_match():

@@ -66,7 +66,7 @@ def test_order_probes_are_permutations_and_shuffle_differs(t):
         frame_order_permutation(t, "sideways")
 
 
-def spec(train, order="normal", frames=4, size=32):
+def spec(train, order="normal", frames=4, size=32, clips=1):
     return ClipSpec(
         num_frames=frames,
         image_size=size,
@@ -75,6 +75,7 @@ def spec(train, order="normal", frames=4, size=32):
         train=train,
         frame_order=order,
         seed=3,
+        num_clips=clips,
     )
 
 
@@ -89,6 +90,21 @@ def test_eval_clip_shape_normalisation_and_order_probes(tmp_path):
     assert sorted(shuffled) == [2, 7, 12, 17] and shuffled != [2, 7, 12, 17]
     with pytest.raises(ValueError, match="evaluation only"):
         spec(True, "reverse")
+
+
+def test_three_test_clips_are_the_video_thirds_and_probes_stay_within_each(tmp_path):
+    """The release's num_frames_test = 3T: the middles of 3T chunks, cut into 3 clips of T."""
+    path = grey_ramp_video(tmp_path / "ramp.mp4", frames=24)
+    loader = ClipLoader(spec(False, frames=2, clips=3))
+    assert loader.clip_shape == (6, 3, 32, 32)
+    clips = frame_index(loader(path, 0))
+    assert clips == [1, 5, 9, 13, 17, 21]  # chunks of 4; thirds: frames 0-7, 8-15, 16-23
+    reverse = frame_index(ClipLoader(spec(False, "reverse", frames=2, clips=3))(path, 0))
+    assert reverse == [5, 1, 13, 9, 21, 17]
+    shuffled = frame_index(ClipLoader(spec(False, "shuffle", frames=2, clips=3))(path, 0))
+    assert shuffled == reverse  # the only derangement of two frames, in every clip
+    with pytest.raises(ValueError, match="num_clips"):
+        spec(True, clips=3)
 
 
 def test_train_clip_reproducible_per_sample_and_varies_by_epoch(tmp_path):

@@ -250,7 +250,8 @@ def eval_loader(
 
 def clip_loader(cfg: RunConfig, train: bool) -> ClipLoader:
     """T and the crop size from the model config (T overridable at evaluation), normalisation
-    from the data config, the frame-order probe from the eval config."""
+    from the data config, the frame-order probe and the number of test clips from the eval
+    config."""
     vision = cfg.model.vision
     frames = vision.num_frames if train else (cfg.eval.num_frames or vision.num_frames)
     return ClipLoader(
@@ -263,6 +264,7 @@ def clip_loader(cfg: RunConfig, train: bool) -> ClipLoader:
             frame_order="normal" if train else cfg.eval.frame_order,
             seed=cfg.seed,
             crop_scale=cfg.data.crop_scale,
+            num_clips=1 if train else cfg.eval.num_clips,
         )
     )
 

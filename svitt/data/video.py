@@ -1,9 +1,11 @@
 """Video clips: T-chunk frame sampling, crops, normalisation and frame-order probes.
 
 A clip of T frames is taken from T equal chunks of the video: a random frame per chunk in
-training, the middle frame at evaluation. All randomness of one sample (frame choice, crop,
-shuffle probe) comes from a generator seeded by (seed, epoch, index), so a sample is the same
-whichever worker process loads it.
+training, the middle frame at evaluation. An evaluation with `num_clips` clips takes the
+middle frames of `num_clips * T` chunks: consecutive clips of T frames, one after the other
+(for 3: the video's thirds; `svitt.models.clips` splits them and combines their scores). All
+randomness of one sample (frame choice, crop, shuffle probe) comes from a generator seeded by
+(seed, epoch, index), so a sample is the same whichever worker process loads it.
 
 Training uses no horizontal flip, unlike the Singularity release: a flip would contradict the
 captions that name a direction ("moves left").
@@ -119,16 +121,19 @@ class ClipSpec:
     frame_order: FrameOrder = "normal"
     seed: int = 0
     crop_scale: tuple[float, float] = (0.5, 1.0)
+    num_clips: int = 1  # evaluation: consecutive clips of num_frames each
 
     def __post_init__(self) -> None:
         if self.frame_order not in FRAME_ORDERS:
             raise ValueError(f"frame_order {self.frame_order!r}; allowed: {FRAME_ORDERS}")
         if self.train and self.frame_order != "normal":
             raise ValueError("frame-order probes apply at evaluation only (train=False)")
+        if self.num_clips < 1 or (self.train and self.num_clips != 1):
+            raise ValueError(f"num_clips {self.num_clips}: allowed: 1 in training, >= 1 else")
 
 
 class ClipLoader:
-    """path + sample index -> normalised clip [T, 3, H, W] float32."""
+    """path + sample index -> normalised clip [num_clips * T, 3, H, W] float32."""
 
     def __init__(self, spec: ClipSpec, decode: Decoder = decode_decord) -> None:
         self.spec = spec
@@ -139,13 +144,14 @@ class ClipLoader:
     @property
     def clip_shape(self) -> tuple[int, int, int, int]:
         s = self.spec
-        return (s.num_frames, 3, s.image_size, s.image_size)
+        return (s.num_clips * s.num_frames, 3, s.image_size, s.image_size)
 
     def __call__(self, path: str | Path, index: int, epoch: int = 0) -> torch.Tensor:
         s = self.spec
         rng = sample_rng(s.seed, epoch, index)
         frames = self.decode(
-            Path(path), lambda count: sample_indices(count, s.num_frames, s.train, rng)
+            Path(path),
+            lambda count: sample_indices(count, s.num_clips * s.num_frames, s.train, rng),
         )
         clip = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)  # T,3,H,W
         height, width = clip.shape[2], clip.shape[3]
@@ -155,6 +161,11 @@ class ClipLoader:
             h = w = min(height, width)
             top, left = (height - h) // 2, (width - w) // 2
         clip = resize(clip[:, :, top : top + h, left : left + w], s.image_size)
-        if not s.train:
-            clip = clip[frame_order_permutation(s.num_frames, s.frame_order, rng)]
+        if not s.train:  # the order probe permutes the frames within each clip
+            order = [
+                start + i
+                for start in range(0, len(clip), s.num_frames)
+                for i in frame_order_permutation(s.num_frames, s.frame_order, rng)
+            ]
+            clip = clip[order]
         return (clip - self._mean) / self._std

@@ -1,8 +1,9 @@
 """Video QA: `finetune-qa` (train the answer decoder, then evaluate) and `eval-qa`.
 
 Answers are chosen from the dataset's answer list: the `eval.answer_top_k` candidates with
-the most probable first token are re-ranked by the likelihood of the whole answer. Accuracy is
-exact match in percent; a question whose answer is not in the list counts as wrong.
+the most probable first token are re-ranked by the likelihood of the whole answer; with
+`eval.num_clips` > 1 both scores are combined over the clips by `eval.clip_ensemble`.
+Accuracy is exact match in percent; a question whose answer is not in the list counts as wrong.
 """
 
 from __future__ import annotations
@@ -77,6 +78,8 @@ def evaluate(run: runner.Run, model: nn.Module, cfg: RunConfig) -> dict[str, Any
                 answer_ids,
                 answer_mask,
                 cfg.eval.answer_top_k,
+                cfg.eval.num_clips,
+                cfg.eval.clip_ensemble,
             )
         predicted.append(choice.cpu())
         gold.append(batch["answer_index"])

@@ -2,12 +2,15 @@
 
 Every test video is ranked by the VTC similarity of its embedding to the query's; with a
 matching head the top `eval.k_test` are re-scored and ranked above the rest (Frozen ranks by
-cosine similarity alone). As in BLIP, a re-scored candidate's score combines both heads: its
-VTM match probability (sigmoid of the VTM logit) plus its VTC cosine similarity
-(`match_scores`), so the VTM head refines the VTC ranking instead of replacing it (an
-under-trained VTM head scores a pair by the video alone and would rank every query's
-candidates the same way). The VTC-only recall is reported too (`vtc_r1`, ...). A query hits
-at k when any of its positive videos is among the first k (SSv2-Label captions have several).
+cosine similarity alone). The re-scoring rule is `eval.rerank`: `sigmoid_plus_cosine` (ours,
+as in BLIP) adds a candidate's VTM match probability (sigmoid of the VTM logit) to its VTC
+cosine similarity (`match_scores`), so the VTM head refines the VTC ranking instead of
+replacing it (an under-trained VTM head scores a pair by the video alone and would rank every
+query's candidates the same way); `itm_logit` (the release) ranks them by the match logit
+alone. With `eval.num_clips` > 1 every video is read as that many consecutive clips
+(`svitt.models.clips`): similarities are averaged over the clips, match logits combined by
+`eval.clip_ensemble`. The VTC-only recall is reported too (`vtc_r1`, ...). A query hits at k
+when any of its positive videos is among the first k (SSv2-Label captions have several).
 DiDeMo queries are whole paragraphs (the data layer joins the sentences). Ties are broken by
 video order, so the metrics are deterministic.
 """
@@ -21,9 +24,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from svitt.config import RunConfig
+from svitt.config import Rerank, RunConfig
 from svitt.engine import runner
 from svitt.engine.pretrain import train_video_text
+from svitt.models.clips import clip_similarity, ensemble_clip_scores, split_clips
 
 KS = (1, 5, 10)
 
@@ -63,6 +67,16 @@ def match_scores(top_similarity: Tensor, vtm_logits: Tensor) -> Tensor:
     return torch.sigmoid(vtm_logits.float()) + top_similarity.float()
 
 
+def candidate_scores(top_similarity: Tensor, vtm_logits: Tensor, rule: Rerank) -> Tensor:
+    """Score of each re-scored candidate by `eval.rerank`: `match_scores`
+    (`sigmoid_plus_cosine`) or the match logit alone (`itm_logit`, the release)."""
+    if rule == "itm_logit":
+        return vtm_logits.float()
+    if rule == "sigmoid_plus_cosine":
+        return match_scores(top_similarity, vtm_logits)
+    raise ValueError(f"rerank rule {rule!r}; allowed: sigmoid_plus_cosine, itm_logit")
+
+
 def rerank_top_k(similarity: Tensor, top_index: Tensor, top_scores: Tensor) -> Tensor:
     """Scores [Q, V] where each query's re-scored candidates (`top_index` [Q, k], their
     `top_scores`) rank above all others by that score; the others keep their similarity order."""
@@ -82,12 +96,16 @@ def evaluate(run: runner.Run, model: nn.Module, cfg: RunConfig) -> dict[str, Any
     env = run.env
     data = retrieval_eval(cfg, run.tokenizer)
     model.eval().to(env.device)
-    video_embeds, video_tokens, kept = [], [], []
+    num_clips, ensemble = cfg.eval.num_clips, cfg.eval.clip_ensemble
+    video_embeds, video_tokens, kept = [], [], []  # per batch: [B, C, E], [B, C, N, Dv]
     for batch in runner.progress(env, iterable=data.videos, desc="encode videos", unit="batch"):
         with runner.autocast(env):
-            encoded = model.encode_video(batch["video"].to(env.device))
-        video_embeds.append(encoded.embed.float())
-        video_tokens.append(encoded.tokens)
+            encoded = [
+                model.encode_video(clip)
+                for clip in split_clips(batch["video"].to(env.device), num_clips)
+            ]
+        video_embeds.append(torch.stack([e.embed.float() for e in encoded], dim=1))
+        video_tokens.append(torch.stack([e.tokens for e in encoded], dim=1))
         kept.append(batch["video_id"])
     kept_ids = torch.cat(kept).tolist()
     row_of = {video: row for row, video in enumerate(kept_ids)}
@@ -112,7 +130,7 @@ def evaluate(run: runner.Run, model: nn.Module, cfg: RunConfig) -> dict[str, Any
             encoded = model.encode_text(ids, mask)
         text_embeds.append(encoded.embed.float())
         text_hidden.append(encoded.hidden)
-    similarity = torch.cat(text_embeds) @ video_embed.T
+    similarity = clip_similarity(torch.cat(text_embeds), video_embed)
     scores = similarity
     if model.has_matching_head:
         hidden = torch.cat(text_hidden)
@@ -126,9 +144,17 @@ def evaluate(run: runner.Run, model: nn.Module, cfg: RunConfig) -> dict[str, Any
             videos = top_index[rows].flatten()
             texts = rows.repeat_interleave(k)
             with runner.autocast(env):
-                logits = model.match_logits(tokens[videos], hidden[texts], mask_all[texts])
-            top_scores[rows] = match_scores(
-                similarity[rows.unsqueeze(1), top_index[rows]], logits.view(len(rows), k)
+                per_clip = torch.stack(
+                    [
+                        model.match_logits(tokens[videos, clip], hidden[texts], mask_all[texts])
+                        for clip in range(num_clips)
+                    ]
+                )
+            logits = ensemble_clip_scores(per_clip.float(), ensemble)
+            top_scores[rows] = candidate_scores(
+                similarity[rows.unsqueeze(1), top_index[rows]],
+                logits.view(len(rows), k),
+                cfg.eval.rerank,
             )
             bar.update(len(rows))
         bar.close()

@@ -1,7 +1,7 @@
 """Build models from a `ModelConfig`, load local pretrained weights, named presets.
 
-    create_model(cfg)       SViTT | Frozen | Singularity by cfg.arch, weights from cfg.weights
-    create_qa_model(cfg)    VideoQA on the SViTT or Singularity encoder
+    create_model(cfg)       the model class of cfg.arch (ARCHS), weights from cfg.weights
+    create_qa_model(cfg)    VideoQA on an SViTT or Singularity(-temporal) encoder
     tiny_model_config()     the embedded synthetic default (CPU-sized)
     paper_model_config(T)   BEiT-B/16 + BERT-base, the hybrid-sparse SViTT of Table A1/A4
 
@@ -14,12 +14,17 @@ from __future__ import annotations
 from svitt.config import ModelConfig, SparsityConfig, TextConfig, VisionConfig
 from svitt.models.frozen import Frozen
 from svitt.models.qa import VideoQA
-from svitt.models.singularity import Singularity
+from svitt.models.singularity import Singularity, SingularityTemporal
 from svitt.models.svitt import SViTT
 from svitt.models.text import bert_state_dict, load_text_weights
 from svitt.models.weights import load_vision_weights
 
-ARCHS: dict[str, type[SViTT]] = {"svitt": SViTT, "frozen": Frozen, "singularity": Singularity}
+ARCHS: dict[str, type[SViTT]] = {
+    "svitt": SViTT,
+    "frozen": Frozen,
+    "singularity": Singularity,
+    "singularity_temporal": SingularityTemporal,
+}
 
 # Table A1: visual keep rate q_v of the hybrid-sparse model per clip length T.
 PAPER_VISUAL_KEEP_RATE = {4: 0.7, 8: 0.6, 16: 0.5}

@@ -5,7 +5,9 @@ The decoder has `ModelConfig.qa_decoder_depth` layers (causal self-attention, cr
 to the question-video states of `f_m`) and is initialised from the last text layers, its
 embeddings and LM head from the text encoder's (tied, as in BERT). Training maximises the answer
 likelihood under teacher forcing. Answering ranks a fixed answer list: the `top_k` answers by
-the probability of their first token, re-ranked by the likelihood of the whole sequence.
+the probability of their first token, re-ranked by the likelihood of the whole sequence. A video
+read as several consecutive clips (`eval.num_clips`) is answered per clip, and both scores are
+combined over the clips (`svitt.models.clips.ensemble_clip_scores`) before each ranking step.
 """
 
 from __future__ import annotations
@@ -16,13 +18,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from svitt.config import ConfigError, ModelConfig
+from svitt.config import ClipEnsemble, ConfigError, ModelConfig
 from svitt.models.bert import BertEmbeddings, BertLayer, BertOnlyMLMHead, init_bert_weights
-from svitt.models.singularity import Singularity
+from svitt.models.clips import ensemble_clip_scores, split_clips
+from svitt.models.singularity import Singularity, SingularityTemporal
 from svitt.models.svitt import SViTT
 from svitt.models.text import IGNORE_INDEX, additive_mask
 
-ENCODERS: dict[str, type[SViTT]] = {"svitt": SViTT, "singularity": Singularity}
+ENCODERS: dict[str, type[SViTT]] = {
+    "svitt": SViTT,
+    "singularity": Singularity,
+    "singularity_temporal": SingularityTemporal,
+}
 
 
 class VideoQA(nn.Module):
@@ -144,27 +151,59 @@ class VideoQA(nn.Module):
         answer_ids: Tensor,
         answer_mask: Tensor,
         top_k: int,
+        num_clips: int = 1,
+        ensemble: ClipEnsemble = "lse",
     ) -> Tensor:
         """Index [B] into the answer list ([A, La] ids, [CLS] first) of each question's answer.
 
         The `top_k` answers with the most probable first token are re-ranked by the
-        log-likelihood of the whole answer.
+        log-likelihood of the whole answer. `video` [B, num_clips * T, ...] holds `num_clips`
+        consecutive clips; both log-probabilities are combined over them by `ensemble`.
         """
         if top_k < 1:
             raise ValueError(f"rank_answers: top_k must be >= 1 (eval.answer_top_k), got {top_k}")
-        batch, num_answers = len(question_ids), len(answer_ids)
-        states = self.encode_question(video, question_ids, question_mask)
-        start = answer_ids.new_full((batch, 1), self.cfg.text.cls_token_id)
-        first_logits = self.decode(start, torch.ones_like(start), states, question_mask)[:, 0]
-        first_scores = first_logits.log_softmax(dim=-1)[:, answer_ids[:, 1]]  # [B, A]
-        k = min(top_k, num_answers)
-        candidates = first_scores.topk(k, dim=1).indices  # [B, k]
+        states = [
+            self.encode_question(clip, question_ids, question_mask)
+            for clip in split_clips(video, num_clips)
+        ]
+        first_scores = ensemble_clip_scores(
+            torch.stack([self.first_token_scores(s, question_mask, answer_ids) for s in states]),
+            ensemble,
+        )
+        candidates = first_scores.topk(min(top_k, len(answer_ids)), dim=1).indices  # [B, k]
+        scores = ensemble_clip_scores(
+            torch.stack(
+                [
+                    self.answer_scores(s, question_mask, answer_ids, answer_mask, candidates)
+                    for s in states
+                ]
+            ),
+            ensemble,
+        )
+        best = scores.argmax(dim=1, keepdim=True)
+        return candidates.gather(1, best).squeeze(1)
+
+    def first_token_scores(self, states: Tensor, states_mask: Tensor, answer_ids: Tensor) -> Tensor:
+        """log p(first answer token) [B, A] of every answer of the list ([A, La] ids)."""
+        start = answer_ids.new_full((len(states), 1), self.cfg.text.cls_token_id)
+        logits = self.decode(start, torch.ones_like(start), states, states_mask)[:, 0]
+        return logits.log_softmax(dim=-1)[:, answer_ids[:, 1]]
+
+    def answer_scores(
+        self,
+        states: Tensor,
+        states_mask: Tensor,
+        answer_ids: Tensor,
+        answer_mask: Tensor,
+        candidates: Tensor,
+    ) -> Tensor:
+        """log p(answer) [B, k] of each question's `candidates` [B, k] (answer-list indices)."""
+        batch, k = candidates.shape
         flat = candidates.flatten()
-        scores = -self.answer_nll(
+        nll = self.answer_nll(
             answer_ids[flat],
             answer_mask[flat],
             states.repeat_interleave(k, dim=0),
-            question_mask.repeat_interleave(k, dim=0),
-        ).sum(dim=1)
-        best = scores.view(batch, k).argmax(dim=1, keepdim=True)
-        return candidates.gather(1, best).squeeze(1)
+            states_mask.repeat_interleave(k, dim=0),
+        )
+        return -nll.sum(dim=1).view(batch, k)

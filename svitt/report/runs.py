@@ -8,28 +8,28 @@ A run is a path under `results/<profile>/runs/`:
     finetune-qa/<variant>/T<frames>/<dataset>[/<probe>]
     tokens/<variant>/T<frames>/<dataset>
 
-`<variant>` is `<arch>-<sparsity>[-<order>]` (`singularity` alone: frame-level, no sparsity);
-`<probe>` is `normal`, `shuffle`, `reverse` or `keep<q_v>`. The Snakefile and the report code
-both derive paths from here, so a table always reads exactly the runs the DAG produced.
-A run's config is the profile's `run` section, then its architecture's settings, then the
-stage's `settings`, `by_frames` and `by_dataset`, then the sparsity row, then the run's own
-keys (frames, dataset, probe), each merged over the previous.
+`<variant>` is `<arch>-<sparsity>[-<order>]` (`singularity`, `singularity_temporal` alone:
+frame-level, no sparsity); `<probe>` is `normal`, `shuffle`, `reverse` or `keep<q_v>`. The
+Snakefile and the report code both derive paths from here, so a table always reads exactly the
+runs the DAG produced. A run's config is the profile's `run` section, then its architecture's
+settings, then the stage's `settings`, `by_frames` and `by_dataset`, then the sparsity row,
+then the run's own keys (frames, dataset, probe), each merged over the previous.
 """
 
 from __future__ import annotations
 
 import re
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import reduce
 from pathlib import Path
 from typing import Any
 
-from svitt.config import load_config, merge
+from svitt.config import FRAME_LEVEL_ARCHS, Arch, load_config, merge
 from svitt.report.specs import SparsityRow, SpecError, load_sparsity_table, load_spec
 
-ARCHS = ("svitt", "frozen", "singularity")
-FRAME_LEVEL_ARCHS = ("singularity",)  # encode frames separately: no space-time sparsity
+ARCHS: tuple[str, ...] = typing.get_args(Arch)
 ORDERS = ("raster", "morton", "hilbert")
 TASKS = ("pretrain", "zero-shot", "finetune-retrieval", "finetune-qa", "tokens")
 # The paper's G counts tokens of 14x14-patch frames; smaller frames scale G so that a block
@@ -197,6 +197,8 @@ class Profile:
         """Variants of a spec row; `sparsity: each` expands over every sparsity row."""
         arch = row["arch"]
         order = row.get("order", "raster")
+        if arch not in ARCHS:
+            raise SpecError(f"spec row {dict(row)}: unknown arch {arch!r}; allowed: {list(ARCHS)}")
         if arch in FRAME_LEVEL_ARCHS:
             return [Variant(arch, None, order)]
         names = list(self.sparsity) if row.get("sparsity") == "each" else [row["sparsity"]]
@@ -300,11 +302,15 @@ class TableRow:
 
 
 def table_rows(profile: Profile, spec: Mapping[str, Any]) -> list[TableRow]:
-    """This profile's rows of a results table spec (layouts `retrieval` and `probe`)."""
+    """This profile's rows of a results table spec (layouts `retrieval` and `probe`): a row
+    whose arch the profile does not configure (no `archs.<arch>`) is not one of them."""
     layout = spec["layout"]
     out = []
     for row in spec["rows"]:
-        for variant in profile.variants(row):
+        variants = profile.variants(row)  # an unknown arch fails here, configured or not
+        if row["arch"] not in profile.config["archs"]:
+            continue
+        for variant in variants:
             frames = int(row["frames"])
             runs: dict[tuple[str, str], Run] = {}
             if layout == "retrieval":
