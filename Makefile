@@ -22,7 +22,7 @@ test: $(STAMP)
 
 # The paper profile at its real shapes (BEiT-B/16 at 224 px, BERT-base, G = 56) with random
 # weights written by the test: two optimizer steps per stage, the DAG behind Tables A1, A3
-# and A8 (tests/test_paper_smoke.py, docs/workflow.md); about 8 minutes on 2 cores.
+# and A8 (tests/test_paper_smoke.py, docs/workflow.md); about 10 minutes on 2 cores.
 test-paper-smoke: $(STAMP)
 	$(BIN)/python -m pytest -q -m paper_smoke --durations=1
 

@@ -222,6 +222,12 @@ def test_every_stage_finishes_at_the_paper_shapes(smoke_run: Path) -> None:
             assert metrics["train_steps"] == 2, run  # 4 training videos, batch 2
         if run.startswith("pretrain"):
             continue
+        # The release's evaluation (the paper profile's): 3 consecutive clips of T frames,
+        # logsumexp over clips, the top k_test re-ranked by the ITM logit.
+        evaluation = config["eval"]
+        assert (evaluation["num_clips"], evaluation["clip_ensemble"]) == (3, "lse"), run
+        if metrics["dataset"] != "anet_qa":
+            assert evaluation["rerank"] == "itm_logit", run
         assert metrics["num_queries"] == TEST_QUERIES[metrics["dataset"]], run
         assert metrics["num_videos"] == 8, run
         if metrics["dataset"] == "anet_qa":
