@@ -188,9 +188,11 @@ def downstream_stages(
         summary = train(run)
         return None if summary is None else evaluation_metrics(run, build, evaluate, summary)
 
+    def evaluate_init_from(run: Run) -> dict[str, Any]:
+        return evaluation_metrics(run, build, evaluate)
+
     stages = (
         Stage(f"finetune-{task}", trains=True, check=check_train, work=finetune),
-        Stage(f"eval-{task}", trains=False, check=check_test,
-              work=lambda run: evaluation_metrics(run, build, evaluate)),
-    )  # fmt: skip
+        Stage(f"eval-{task}", trains=False, check=check_test, work=evaluate_init_from),
+    )
     return {stage.name: stage for stage in stages}
