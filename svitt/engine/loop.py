@@ -89,6 +89,10 @@ class LossLog:
         return self.epochs[-1]
 
 
+def _all_ranks(items: list[str]) -> list[str]:
+    return sorted({item for rank_items in dist_utils.gather_objects(items) for item in rank_items})
+
+
 def save_last(
     run: Run,
     model: nn.Module,
@@ -294,7 +298,3 @@ def train(
         return None
     run.skipped = _all_ranks(run.skipped)
     return TrainSummary(total, losses.epochs)
-
-
-def _all_ranks(items: list[str]) -> list[str]:
-    return sorted({item for rank_items in dist_utils.gather_objects(items) for item in rank_items})
