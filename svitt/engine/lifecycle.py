@@ -116,9 +116,18 @@ def run_once(stage: Stage, args: argparse.Namespace) -> None:
                 env.world_size,
                 f", resuming at step {resume_state['step']}" if resume_state else "",
             )
-            max_steps = getattr(args, "max_steps_this_run", None)
-            run = Run(stage.name, cfg, out, env, tokenizer, identity, tracker, args.init_from,
-                      max_steps, [], resume_state)  # fmt: skip
+            run = Run(
+                stage.name,
+                cfg,
+                out,
+                env,
+                tokenizer,
+                identity,
+                tracker,
+                args.init_from,
+                max_steps_this_run=getattr(args, "max_steps_this_run", None),  # training only
+                resume_state=resume_state,
+            )
             metrics = stage.work(run)
             if metrics is None:  # stopped early: last.pt resumes, and reopens the MLflow run
                 return
