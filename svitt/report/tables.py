@@ -25,8 +25,8 @@ from tabulate import tabulate
 from svitt.config import RunConfig, load_config
 from svitt.errors import MissingFileError
 from svitt.files import atomic_write_text
-from svitt.report.runs import ALL_TABLES, Profile, Run, TableRow, Variant, table_rows
-from svitt.report.specs import SpecError, load_datasets, load_spec
+from svitt.plan.runs import ALL_TABLES, Profile, Run, TableRow, Variant, table_rows
+from svitt.plan.specs import SpecError, load_datasets, load_spec
 from svitt.sparsity import count_edges
 
 REPORTED = "reported"

@@ -6,7 +6,7 @@ from pathlib import Path
 import jsonschema
 import yaml
 
-from svitt.report.runs import (
+from svitt.plan.runs import (
     ALL_TABLES,
     Profile,
     Run,
@@ -14,7 +14,7 @@ from svitt.report.runs import (
     figure_a1_runs,
     table_runs,
 )
-from svitt.report.specs import SpecError, load_datasets, load_spec
+from svitt.plan.specs import SpecError, load_datasets, load_spec
 
 
 def typed_scalar(text):
@@ -199,7 +199,7 @@ def extra_runs():
 
 
 def run_config(task, **fixed):
-    """Params function: the run's resolved RunConfig as YAML text (svitt.report.runs).
+    """Params function: the run's resolved RunConfig as YAML text (svitt.plan.runs).
 
     Each stage writes it to the run's config.yaml in its own shell command (a separate
     config job would cost a Snakemake subprocess per run). As a param, a changed config reruns

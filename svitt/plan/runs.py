@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from svitt.config import FRAME_LEVEL_ARCHS, Arch, load_config, merge
-from svitt.report.specs import SparsityRow, SpecError, load_sparsity_table, load_spec
+from svitt.plan.specs import SparsityRow, SpecError, load_sparsity_table, load_spec
 
 ARCHS: tuple[str, ...] = typing.get_args(Arch)
 ORDERS = ("raster", "morton", "hilbert")
