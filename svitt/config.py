@@ -21,6 +21,7 @@ from typing import Any, Literal, TypeVar
 import yaml
 
 from svitt.errors import MissingFileError, UserError
+from svitt.models.archs import ARCH_NAMES, ARCHS
 
 T = TypeVar("T")
 
@@ -135,7 +136,12 @@ class TextConfig:
             )
 
 
+# The token orders of svitt/models/order.py and the frame orders of svitt/data/video.py, spelled
+# here alone: the models, the data pipeline and the planner (variants, probes) read them.
 TokenOrder = Literal["raster", "morton", "hilbert"]
+TOKEN_ORDERS: tuple[TokenOrder, ...] = typing.get_args(TokenOrder)
+FrameOrder = Literal["normal", "reverse", "shuffle"]
+FRAME_ORDERS: tuple[FrameOrder, ...] = typing.get_args(FrameOrder)
 
 
 @dataclass(frozen=True)
@@ -199,10 +205,8 @@ class WeightsConfig:
     text: str | None = None  # a HF directory in bert-base-uncased layout
 
 
-Arch = Literal["svitt", "frozen", "singularity", "singularity_temporal"]
-# Archs that encode every frame alone (no space-time attention, hence no space-time sparsity
-# and no temporal inflation of the visual encoder).
-FRAME_LEVEL_ARCHS: tuple[str, ...] = ("singularity", "singularity_temporal")
+# The schema type of `model.arch`: the names of svitt.models.archs.ARCHS.
+Arch = Literal[ARCH_NAMES]
 
 
 @dataclass(frozen=True)
@@ -249,7 +253,7 @@ class ModelConfig:
 
     @property
     def frame_level(self) -> bool:
-        return self.arch in FRAME_LEVEL_ARCHS
+        return ARCHS[self.arch].frame_level
 
 
 @dataclass(frozen=True)
@@ -322,7 +326,7 @@ class EvalConfig:
     # clips of T frames (the release's num_frames_test = 3T); their scores are combined.
     num_clips: int = 1
     clip_ensemble: ClipEnsemble = "lse"  # how VTM / QA scores of the clips combine
-    frame_order: Literal["normal", "reverse", "shuffle"] = "normal"
+    frame_order: FrameOrder = "normal"
     visual_keep_rate: float | None = None  # overrides sparsity.visual_keep_rate (Figure A1)
     token_order: TokenOrder | None = None
     num_frames: int | None = None

@@ -6,6 +6,7 @@ from pathlib import Path
 import jsonschema
 import yaml
 
+from svitt.config import FRAME_ORDERS
 from svitt.plan.runs import (
     ALL_TABLES,
     Profile,
@@ -90,7 +91,7 @@ wildcard_constraints:
     variant=r"[A-Za-z0-9_]+(-[A-Za-z0-9_]+)*",
     frames=r"[0-9]+",
     dataset=r"[a-z0-9_]+",
-    probe=r"normal|shuffle|reverse|keep[0-9.]+",
+    probe="|".join(FRAME_ORDERS) + r"|keep[0-9.]+",
     table=r"A[0-9]+",
 
 
