@@ -227,7 +227,7 @@ def test_text_layers_match_transformers():
     bert = randomise(BertModel(hf_config(), add_pooling_layer=False))
     ours = nn.ModuleDict(
         {
-            "embeddings": BertEmbeddings(VOCAB, 32, 16, pad_token_id=0),
+            "embeddings": BertEmbeddings(text_config()),
             "layers": nn.ModuleList(BertLayer(32, 4, 64) for _ in range(2)),
         }
     )
