@@ -344,23 +344,23 @@ def _plain(frame: pd.DataFrame) -> list[list[Any]]:
     return [[_cell(v) for v in row] for row in frame.itertuples(index=False)]
 
 
-def to_markdown(table: Table) -> str:
-    body = tabulate(
+def _body(table: Table, tablefmt: str) -> str:
+    """The table's rows under its column names, cells as written (no number re-formatting)."""
+    return tabulate(
         _plain(table.frame),
         headers=list(table.frame.columns),
-        tablefmt="pipe",
+        tablefmt=tablefmt,
         disable_numparse=True,
     )
+
+
+def to_markdown(table: Table) -> str:
+    body = _body(table, "pipe")
     return f"**Table {table.name}. {table.title}.** {table.caption}\n\n{body}\n\n{table.note}\n"
 
 
 def to_latex(table: Table) -> str:
-    body = tabulate(
-        _plain(table.frame),
-        headers=list(table.frame.columns),
-        tablefmt="latex_booktabs",
-        disable_numparse=True,
-    )
+    body = _body(table, "latex_booktabs")
     caption = f"\\textbf{{{table.title}.}} {table.caption} {table.note}".replace("_", "\\_")
     caption = caption.replace("`", "")
     return (
