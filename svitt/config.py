@@ -136,19 +136,22 @@ class TextConfig:
             )
 
 
-# The token orders of svitt/models/order.py and the frame orders of svitt/data/video.py, spelled
-# here alone: the models, the data pipeline and the planner (variants, probes) read them.
+# Name lists spelled here alone: the token orders of svitt/models/order.py, the frame orders of
+# svitt/data/video.py and the attention kinds; the models, the data pipeline and the planner
+# (variants, probes, sparsity rows) read them.
 TokenOrder = Literal["raster", "morton", "hilbert"]
 TOKEN_ORDERS: tuple[TokenOrder, ...] = typing.get_args(TokenOrder)
 FrameOrder = Literal["normal", "reverse", "shuffle"]
 FRAME_ORDERS: tuple[FrameOrder, ...] = typing.get_args(FrameOrder)
+Attention = Literal["dense", "sparse"]  # `sparse`: block-sparse, supplement A.1
+ATTENTIONS: tuple[Attention, ...] = typing.get_args(Attention)
 
 
 @dataclass(frozen=True)
 class SparsityConfig:
     """Edge sparsity (block attention) and node sparsity (token pruning); supplement A.1."""
 
-    attention: Literal["dense", "sparse"] = "dense"
+    attention: Attention = "dense"
     block_size: int = 56  # G
     local_blocks: int = 1  # K_l, odd: a centred window
     random_blocks: int = 3  # K_r
