@@ -25,8 +25,8 @@ from tabulate import tabulate
 from svitt.config import RunConfig, load_config
 from svitt.errors import MissingFileError
 from svitt.files import atomic_write_text
-from svitt.report.runs import ALL_TABLES, Profile, Run, TableRow, Variant, table_rows
-from svitt.report.specs import SpecError, load_datasets, load_spec
+from svitt.plan.runs import ALL_TABLES, Profile, Run, TableRow, Variant, table_rows
+from svitt.plan.specs import SpecError, load_datasets, load_spec
 from svitt.sparsity import count_edges
 
 REPORTED = "reported"
@@ -344,23 +344,23 @@ def _plain(frame: pd.DataFrame) -> list[list[Any]]:
     return [[_cell(v) for v in row] for row in frame.itertuples(index=False)]
 
 
-def to_markdown(table: Table) -> str:
-    body = tabulate(
+def _body(table: Table, tablefmt: str) -> str:
+    """The table's rows under its column names, cells as written (no number re-formatting)."""
+    return tabulate(
         _plain(table.frame),
         headers=list(table.frame.columns),
-        tablefmt="pipe",
+        tablefmt=tablefmt,
         disable_numparse=True,
     )
+
+
+def to_markdown(table: Table) -> str:
+    body = _body(table, "pipe")
     return f"**Table {table.name}. {table.title}.** {table.caption}\n\n{body}\n\n{table.note}\n"
 
 
 def to_latex(table: Table) -> str:
-    body = tabulate(
-        _plain(table.frame),
-        headers=list(table.frame.columns),
-        tablefmt="latex_booktabs",
-        disable_numparse=True,
-    )
+    body = _body(table, "latex_booktabs")
     caption = f"\\textbf{{{table.title}.}} {table.caption} {table.note}".replace("_", "\\_")
     caption = caption.replace("`", "")
     return (
