@@ -14,8 +14,6 @@ resume, and exit with 130 / 143; any other exception is a bug and keeps its trac
 from __future__ import annotations
 
 import argparse
-import atexit
-import gc
 import importlib
 import logging
 import sys
@@ -23,6 +21,7 @@ from dataclasses import dataclass
 
 from svitt import __version__
 from svitt.errors import Interrupted, UserError, one_line, raise_on_stop_signals
+from svitt.startup import freeze_at_exit, permanent_imports
 
 
 @dataclass(frozen=True)
@@ -94,14 +93,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    # At exit the interpreter runs full garbage collections over every object still alive:
-    # with torch and MLflow loaded that is about half a million of them, a second or more of
-    # each job. Nothing then needs collecting (outputs are written and closed, the MLflow
-    # run is ended), so move them out of the collector's sight once the exit handlers start.
-    atexit.register(gc.freeze)
+    freeze_at_exit()
     try:
         with raise_on_stop_signals():  # from here on, also while torch is being imported
-            return int(importlib.import_module(spec.module).run(args) or 0)
+            with permanent_imports():
+                module = importlib.import_module(spec.module)
+            return int(module.run(args) or 0)
     except UserError as err:
         print(f"svitt {command}: error: {one_line(err)}", file=sys.stderr)
         return 2
