@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from svitt import __version__
 from svitt.errors import Interrupted, UserError, one_line, raise_on_stop_signals
+from svitt.startup import freeze_at_exit, permanent_imports
 
 
 @dataclass(frozen=True)
@@ -92,9 +93,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    freeze_at_exit()
     try:
         with raise_on_stop_signals():  # from here on, also while torch is being imported
-            return int(importlib.import_module(spec.module).run(args) or 0)
+            with permanent_imports():
+                module = importlib.import_module(spec.module)
+            return int(module.run(args) or 0)
     except UserError as err:
         print(f"svitt {command}: error: {one_line(err)}", file=sys.stderr)
         return 2

@@ -131,3 +131,15 @@ def test_model_benchmark_quick(tmp_path: Path) -> None:
     assert by.loc["hybrid", "gflops"] < by.loc["dense", "gflops"]
     assert by.loc["hybrid", "edges_m"] < by.loc["edge", "edges_m"] < by.loc["dense", "edges_m"]
     assert (tmp_path / "synthetic" / "figures" / "compute.png").is_file()
+
+
+def test_startup_benchmark_names_what_its_results_folder_lacks(tmp_path: Path) -> None:
+    from benchmarks import startup
+
+    with pytest.raises(SystemExit, match=r"missing .*data.*snakemake --cores 2 tables"):
+        startup.check_inputs(tmp_path)
+    pretrain = startup.JOBS[0]
+    command = startup.job_command(pretrain, tmp_path / "runs", tmp_path / "out")
+    assert command[-2:] == ["--max-steps-this-run", "0"]  # training stops before its first step
+    assert command[command.index("--init-from") + 1] == str(tmp_path / "runs" / pretrain.init)
+    assert startup.job_environment(tmp_path)["PYTHONPATH"].split(":")[0] == str(tmp_path)

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from svitt.config import OptimConfig
+from svitt.startup import permanent_imports
 
 
 def no_decay_names(model: nn.Module) -> set[str]:
@@ -35,7 +36,8 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
         {"params": decay, "weight_decay": cfg.weight_decay},
         {"params": plain, "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
+    with permanent_imports():  # the first optimizer imports torch._dynamo (1.5 s)
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
 
 
 def lr_factor(step: int, warmup_steps: int, total_steps: int, min_lr_ratio: float = 0.0) -> float:

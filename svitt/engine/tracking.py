@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 
 from svitt.config import TrackingConfig
 from svitt.errors import UserError
+from svitt.startup import permanent_imports
 
 DEFAULT_URI = "sqlite:///results/mlflow.db"
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on one param value
@@ -147,13 +148,16 @@ class Tracker:
             return tracker
         tracker.uri = resolve_uri(cfg)
         check_reachable(tracker.uri)
-        from mlflow.tracking import MlflowClient
+        # The client imports MLflow, and its first store access the SQLAlchemy store.
+        with permanent_imports():
+            from mlflow.tracking import MlflowClient
 
-        _quiet_mlflow()  # after the import: importing mlflow resets its loggers to INFO
-
-        with store_lock(tracker.uri):
-            client = MlflowClient(tracking_uri=tracker.uri)
-            experiment_id = with_retry(lambda: _experiment_id(client, tracker.uri, cfg.experiment))
+            _quiet_mlflow()  # after the import: importing mlflow resets its loggers to INFO
+            with store_lock(tracker.uri):
+                client = MlflowClient(tracking_uri=tracker.uri)
+                experiment_id = with_retry(
+                    lambda: _experiment_id(client, tracker.uri, cfg.experiment)
+                )
         tracker._client = client
         tracker.run_id = with_retry(
             lambda: _reopen_or_create(client, experiment_id, run_name, dict(tags), resume_run_id)
