@@ -51,6 +51,7 @@ from svitt.engine.tracking import Tracker, git_commit
 from svitt.errors import Interrupted, MissingFileError, OutputExistsError
 from svitt.files import atomic_write_text
 from svitt.models.checkpoints import load_checkpoint
+from svitt.startup import permanent_imports
 
 log = logging.getLogger("svitt.engine")
 
@@ -186,11 +187,17 @@ def deterministic_threads(device: torch.device) -> Iterator[None]:
         torch.is_deterministic_algorithms_warn_only_enabled(),
     )
     if device.type == "cpu" and torch.get_num_threads() > 1:
-        torch.use_deterministic_algorithms(True, warn_only=True)
+        with permanent_imports():  # the first call imports torch._inductor
+            torch.use_deterministic_algorithms(True, warn_only=True)
     try:
         yield
     finally:
-        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+        now = (
+            torch.are_deterministic_algorithms_enabled(),
+            torch.is_deterministic_algorithms_warn_only_enabled(),
+        )
+        if now != before:  # only then: setting it imports torch._inductor (~1 s per job)
+            torch.use_deterministic_algorithms(before[0], warn_only=before[1])
 
 
 @contextmanager
