@@ -1,0 +1,82 @@
+"""Reference rows: what a table's metric is without looking at the video.
+
+Computed from the dataset's annotation files alone, so each table can show them beside the
+models as labelled baselines:
+
+    retrieval   chance: the expected R@k of a random ranking (K / N for one positive)
+    QA          uniform chance over the answer list; the majority answer of the training
+                split; the question-only prior: the most common training answer of each
+                question type
+
+A question's type is its `question_type` where the annotation has one (the synthetic
+stand-ins), else its first word ("what", "who", "how", ...): a prior that reads the
+question but never the video.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+
+def chance_recall(num_videos: int, positives: Sequence[int], k: int) -> float:
+    """Expected R@k in percent of a uniformly random ranking of `num_videos` videos, for
+    queries with `positives[q]` positive videos each: a query misses only when all k
+    draws are negatives, C(N - P, k) / C(N, k)."""
+    if num_videos < 1 or not positives:
+        raise ValueError("chance recall: need at least one video and one query")
+    k = min(k, num_videos)
+    hits = [1.0 - math.comb(num_videos - p, k) / math.comb(num_videos, k) for p in positives]
+    return 100.0 * float(np.mean(hits))
+
+
+def question_type(question: str, annotated: str | None) -> str:
+    """The annotated type, else the question's first word in lower case."""
+    if annotated:
+        return annotated
+    words = question.strip().split()
+    return words[0].lower().strip("?,.") if words else ""
+
+
+def most_common(answers: Iterable[str]) -> str:
+    """The most frequent answer; ties go to the alphabetically first, so it is reproducible."""
+    counts = Counter(answers)
+    if not counts:
+        raise ValueError("most common answer: no answers")
+    best = max(counts.values())
+    return min(answer for answer, count in counts.items() if count == best)
+
+
+def uniform_chance(test_answers: Sequence[str], answer_list: Sequence[str]) -> float:
+    """Expected accuracy in percent of a uniform draw from the answer list (an answer not in
+    the list is never right)."""
+    listed = set(answer_list)
+    return (
+        100.0
+        * sum(answer in listed for answer in test_answers)
+        / (len(answer_list) * len(test_answers))
+    )
+
+
+def majority_outcomes(train_answers: Iterable[str], test_answers: Sequence[str]) -> np.ndarray:
+    """Per test question, 1.0 where the training split's most common answer is right."""
+    guess = most_common(train_answers)
+    return np.array([answer == guess for answer in test_answers], dtype=np.float64)
+
+
+def prior_outcomes(train: Iterable[tuple[str, str]], test: Sequence[tuple[str, str]]) -> np.ndarray:
+    """Per test question, 1.0 where the most common training answer of its type is right;
+    `train` and `test` are (question type, answer) pairs. A type unseen in training gets
+    the overall majority answer."""
+    train = list(train)
+    by_type: dict[str, list[str]] = {}
+    for kind, answer in train:
+        by_type.setdefault(kind, []).append(answer)
+    guesses = {kind: most_common(answers) for kind, answers in by_type.items()}
+    fallback = most_common(answer for _, answer in train)
+    return np.array(
+        [answer == guesses.get(kind, fallback) for kind, answer in test], dtype=np.float64
+    )
