@@ -18,8 +18,17 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 import numpy as np
+
+from svitt.data.annotations import (
+    dataset_paths,
+    load_answer_list,
+    load_qa,
+    load_retrieval_queries,
+    unique_videos,
+)
 
 
 def chance_recall(num_videos: int, positives: Sequence[int], k: int) -> float:
@@ -80,3 +89,38 @@ def prior_outcomes(train: Iterable[tuple[str, str]], test: Sequence[tuple[str, s
     return np.array(
         [answer == guesses.get(kind, fallback) for kind, answer in test], dtype=np.float64
     )
+
+
+# --- from a dataset's annotation files ----------------------------------------------------
+
+
+def retrieval_reference(root: str | Path, name: str, ks: Sequence[int]) -> dict[str, float]:
+    """Chance R@k (`r1`, ...) and their mean (`mean_recall`) on the test split of `name`."""
+    queries = load_retrieval_queries(dataset_paths(root, name).annotation("test"))
+    num_videos = len(unique_videos([v for q in queries for v in q.videos]))
+    positives = [len(set(q.videos)) for q in queries]
+    out = {f"r{k}": chance_recall(num_videos, positives, k) for k in ks}
+    out["mean_recall"] = sum(out[f"r{k}"] for k in ks) / len(ks)
+    return out
+
+
+QA_BASELINES = {
+    "chance": "chance",
+    "majority": "majority answer",
+    "prior": "question-only prior",
+}
+
+
+def qa_reference(root: str | Path, name: str) -> dict[str, float]:
+    """Accuracy in percent of each of `QA_BASELINES` on the test split of `name`, the
+    majority and the prior learned from its training split."""
+    paths = dataset_paths(root, name)
+    train, test = (load_qa(paths.annotation(split)) for split in ("train", "test"))
+    typed_train = [(question_type(q.question, q.question_type), q.answer) for q in train]
+    typed_test = [(question_type(q.question, q.question_type), q.answer) for q in test]
+    answers = [answer for _, answer in typed_test]
+    return {
+        "chance": uniform_chance(answers, load_answer_list(paths.answer_list)),
+        "majority": 100.0 * float(majority_outcomes((a for _, a in typed_train), answers).mean()),
+        "prior": 100.0 * float(prior_outcomes(typed_train, typed_test).mean()),
+    }

@@ -25,12 +25,15 @@ from tabulate import tabulate
 from svitt.config import RunConfig, load_config
 from svitt.errors import MissingFileError
 from svitt.files import atomic_write_text
+from svitt.report.baselines import QA_BASELINES, qa_reference, retrieval_reference
 from svitt.report.runs import ALL_TABLES, Profile, Run, TableRow, Variant, table_rows
 from svitt.report.specs import SpecError, load_datasets, load_spec
 from svitt.sparsity import count_edges
 
 REPORTED = "reported"
-RECALL_KEYS = ("r1", "r5", "r10", "mean_recall")
+BASELINE = "{} (baseline)"
+RECALL_KS = (1, 5, 10)
+RECALL_KEYS = (*(f"r{k}" for k in RECALL_KS), "mean_recall")
 RECALL_NAMES = ("R1", "R5", "R10", "Mean")
 MISSING = "—"
 
@@ -181,6 +184,16 @@ def retrieval_table(profile: Profile, spec: Mapping[str, Any]) -> pd.DataFrame:
                 zip(_recall_columns(labels[dataset].label), map(_round, values), strict=True)
             )
         rows.append(out)
+    chance: dict[str, Any] = {
+        "source": profile.name,
+        "method": BASELINE.format(QA_BASELINES["chance"]),
+    }
+    chance.update({k: "" for k in ("pt", "frames", "sparsity")})
+    for dataset in datasets:
+        reference = retrieval_reference(profile.config["data"]["root"], dataset, RECALL_KS)
+        values = [_round(reference[key]) for key in RECALL_KEYS]
+        chance.update(zip(_recall_columns(labels[dataset].label), values, strict=True))
+    rows.append(chance)
     for reported in spec["reported"]:
         out = {"source": REPORTED}
         out.update({k: reported.get(k, "") for k in ("method", "pt", "frames", "sparsity")})
@@ -206,6 +219,7 @@ def probe_table(profile: Profile, spec: Mapping[str, Any]) -> pd.DataFrame:
         }
         out.update(_probe_cells(profile, spec, row, labels))
         rows.append(out)
+    rows += _probe_baselines(profile, spec, labels)
     for reported in spec["reported"]:
         out = {
             "source": REPORTED,
@@ -234,6 +248,36 @@ def _probe_cells(
         out[f"{label} S"] = round(probed, 1)
         out[f"{label} Δ"] = round(normal - probed, 1)
     return out
+
+
+def _probe_baselines(
+    profile: Profile, spec: Mapping[str, Any], labels: Mapping[str, Any]
+) -> list[dict[str, Any]]:
+    """The video-blind reference rows under the Normal column of each dataset (a model that
+    never sees the video has nothing to shuffle): retrieval chance; for QA also the
+    majority answer and the question-only prior."""
+    root = profile.config["data"]["root"]
+    rows: dict[str, dict[str, Any]] = {}
+    for column in spec["columns"]:
+        dataset, label = column["dataset"], labels[column["dataset"]].label
+        if column["task"] == "finetune-qa":
+            values = qa_reference(root, dataset)
+        else:
+            values = {"chance": retrieval_reference(root, dataset, RECALL_KS)[column["metric"]]}
+        for kind, value in values.items():
+            row = rows.setdefault(
+                kind,
+                {
+                    "source": profile.name,
+                    "method": BASELINE.format(QA_BASELINES[kind]),
+                    "frames": "",
+                    "sparsity": "",
+                },
+            )
+            row.update(
+                {f"{label} N": round(value, 1), f"{label} S": MISSING, f"{label} Δ": MISSING}
+            )
+    return list(rows.values())
 
 
 # --- A4: training hyperparameters (config only) -------------------------------------------
