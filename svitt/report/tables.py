@@ -27,11 +27,13 @@ from svitt.errors import MissingFileError
 from svitt.files import atomic_write_text
 from svitt.report.baselines import QA_BASELINES, qa_reference, retrieval_reference
 from svitt.report.runs import ALL_TABLES, Profile, Run, TableRow, Variant, table_rows
+from svitt.report.settings import non_paper_settings
 from svitt.report.specs import SpecError, load_datasets, load_spec
 from svitt.sparsity import count_edges
 
 REPORTED = "reported"
 BASELINE = "{} (baseline)"
+PAPER_PROFILE = "workflow/config/paper.yaml"
 RECALL_KS = (1, 5, 10)
 RECALL_KEYS = (*(f"r{k}" for k in RECALL_KS), "mean_recall")
 RECALL_NAMES = ("R1", "R5", "R10", "Mean")
@@ -98,7 +100,7 @@ def _keep(cfg: RunConfig) -> str:
     return f"({sp.visual_keep_rate:g}, {sp.cross_keep_rate:g})"
 
 
-def configurations_table(profile: Profile, spec: Mapping[str, Any]) -> pd.DataFrame:
+def configurations_table(profile: Profile, spec: Mapping[str, Any], paper: Profile) -> pd.DataFrame:
     rows = []
     for name, sparsity in profile.sparsity.items():
         for frames in profile.chain:
@@ -123,7 +125,7 @@ def configurations_table(profile: Profile, spec: Mapping[str, Any]) -> pd.DataFr
 # --- A2: dataset statistics ---------------------------------------------------------------
 
 
-def datasets_table(profile: Profile, spec: Mapping[str, Any]) -> pd.DataFrame:
+def datasets_table(profile: Profile, spec: Mapping[str, Any], paper: Profile) -> pd.DataFrame:
     from svitt.data.stats import dataset_statistics
 
     labels = load_datasets(profile.ablations)
@@ -161,7 +163,7 @@ def _recall_columns(label: str) -> list[str]:
     return [f"{label} {name}" for name in RECALL_NAMES]
 
 
-def retrieval_table(profile: Profile, spec: Mapping[str, Any]) -> pd.DataFrame:
+def retrieval_table(profile: Profile, spec: Mapping[str, Any], paper: Profile) -> pd.DataFrame:
     labels = load_datasets(profile.ablations)
     datasets = spec["datasets"]
     rows = []
@@ -172,6 +174,7 @@ def retrieval_table(profile: Profile, spec: Mapping[str, Any]) -> pd.DataFrame:
             "pt": _pretrain_label(profile),
             "frames": row.frames,
             "sparsity": _row_label(profile, row.variant),
+            "non-paper settings": non_paper_settings(profile, paper, row.runs.values()),
         }
         for dataset in datasets:
             run = row.runs.get((dataset, "metrics"))
@@ -188,7 +191,7 @@ def retrieval_table(profile: Profile, spec: Mapping[str, Any]) -> pd.DataFrame:
         "source": profile.name,
         "method": BASELINE.format(QA_BASELINES["chance"]),
     }
-    chance.update({k: "" for k in ("pt", "frames", "sparsity")})
+    chance.update({k: "" for k in ("pt", "frames", "sparsity", "non-paper settings")})
     for dataset in datasets:
         reference = retrieval_reference(profile.config["data"]["root"], dataset, RECALL_KS)
         values = [_round(reference[key]) for key in RECALL_KEYS]
@@ -197,6 +200,7 @@ def retrieval_table(profile: Profile, spec: Mapping[str, Any]) -> pd.DataFrame:
     for reported in spec["reported"]:
         out = {"source": REPORTED}
         out.update({k: reported.get(k, "") for k in ("method", "pt", "frames", "sparsity")})
+        out["non-paper settings"] = ""
         for dataset in datasets:
             values = reported.get(dataset) or [None] * len(RECALL_KEYS)
             out.update(zip(_recall_columns(labels[dataset].label), values, strict=True))
@@ -207,7 +211,7 @@ def retrieval_table(profile: Profile, spec: Mapping[str, Any]) -> pd.DataFrame:
 # --- A8: temporal probing -----------------------------------------------------------------
 
 
-def probe_table(profile: Profile, spec: Mapping[str, Any]) -> pd.DataFrame:
+def probe_table(profile: Profile, spec: Mapping[str, Any], paper: Profile) -> pd.DataFrame:
     labels = load_datasets(profile.ablations)
     rows = []
     for row in table_rows(profile, spec):
@@ -216,6 +220,7 @@ def probe_table(profile: Profile, spec: Mapping[str, Any]) -> pd.DataFrame:
             "method": row.spec["method"],
             "frames": row.frames,
             "sparsity": _row_label(profile, row.variant),
+            "non-paper settings": non_paper_settings(profile, paper, row.runs.values()),
         }
         out.update(_probe_cells(profile, spec, row, labels))
         rows.append(out)
@@ -226,6 +231,7 @@ def probe_table(profile: Profile, spec: Mapping[str, Any]) -> pd.DataFrame:
             "method": reported["method"],
             "frames": "",
             "sparsity": reported.get("sparsity", ""),
+            "non-paper settings": "",
         }
         for column in spec["columns"]:
             label = labels[column["dataset"]].label
@@ -272,6 +278,7 @@ def _probe_baselines(
                     "method": BASELINE.format(QA_BASELINES[kind]),
                     "frames": "",
                     "sparsity": "",
+                    "non-paper settings": "",
                 },
             )
             row.update(
@@ -320,7 +327,9 @@ def _frames(by_frames: Mapping[str, Any]) -> list[int]:
     return sorted(int(key[1:]) for key in by_frames)
 
 
-def hyperparameters_table(profile: Profile, spec: Mapping[str, Any]) -> pd.DataFrame:
+def hyperparameters_table(
+    profile: Profile, spec: Mapping[str, Any], paper: Profile
+) -> pd.DataFrame:
     labels = load_datasets(profile.ablations)
     config = profile.config
     variant = Variant("svitt", spec["sparsity"])
@@ -358,7 +367,9 @@ def hyperparameters_table(profile: Profile, spec: Mapping[str, Any]) -> pd.DataF
 
 # --- assembly and output ------------------------------------------------------------------
 
-BUILDERS: dict[str, Callable[[Profile, Mapping[str, Any]], pd.DataFrame]] = {
+# Each layout's builder: (this profile, the table's spec, the paper profile). The paper profile
+# is the reference recipe that the result tables' "non-paper settings" column compares with.
+BUILDERS: dict[str, Callable[[Profile, Mapping[str, Any], Profile], pd.DataFrame]] = {
     "configurations": configurations_table,
     "datasets": datasets_table,
     "retrieval": retrieval_table,
@@ -367,14 +378,14 @@ BUILDERS: dict[str, Callable[[Profile, Mapping[str, Any]], pd.DataFrame]] = {
 }
 
 
-def build_table(profile: Profile, name: str) -> Table:
+def build_table(profile: Profile, name: str, paper: Profile) -> Table:
     spec = load_spec(profile.ablations, name)
     layout = spec.get("layout")
     if layout not in BUILDERS:
         raise SpecError(
             f"{profile.ablations}/{name}.yaml: layout {layout!r}; allowed: {list(BUILDERS)}"
         )
-    frame = BUILDERS[layout](profile, spec)
+    frame = BUILDERS[layout](profile, spec, paper)
     return Table(name, spec["title"], spec.get("caption", ""), frame, _source_note(profile))
 
 
@@ -430,7 +441,8 @@ def write_table(table: Table, out_dir: str | Path) -> list[Path]:
 
 
 def load_profile(path: str | Path) -> Profile:
-    """The profile config the workflow ran with (its `profile_config` rule's dump)."""
+    """A profile config: the one the workflow ran with (its `profile_config` rule's dump), or
+    the paper profile."""
     path = Path(path)
     if not path.is_file():
         raise MissingFileError(f"profile config not found: {path}")
@@ -444,11 +456,18 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
         required=True,
         help="workflow config as run (results/<profile>/runs/profile.yaml)",
     )
+    parser.add_argument(
+        "--paper-profile",
+        default=PAPER_PROFILE,
+        help="the paper's recipe, which the non-paper settings column compares each run with "
+        f"(default: {PAPER_PROFILE})",
+    )
     parser.add_argument("--out-dir", required=True, help="writes <table>.csv, .md and .tex here")
 
 
 def run(args: argparse.Namespace) -> int:
-    table = build_table(load_profile(args.profile), args.table)
+    paper = load_profile(args.paper_profile)
+    table = build_table(load_profile(args.profile), args.table, paper)
     for path in write_table(table, args.out_dir):
         print(path)
     return 0
