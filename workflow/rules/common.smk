@@ -81,6 +81,8 @@ ABLATIONS = config["ablations"]
 PROFILE_DUMP = f"{RUNS}/profile.yaml"
 PRETRAINED_CHECK = f"{RUNS}/data/pretrained.txt"
 CLAIMS = f"{RESULTS}/claims.md"
+# The paper's recipe: the result tables name each row's settings that differ from it.
+PAPER_PROFILE = "workflow/config/paper.yaml"
 # Every rule's `conda:` (relative to workflow/rules/): the project installed with pip, for
 # `--use-conda`; without it rules run in the environment Snakemake runs in (`make`: .venv).
 ENV = "../envs/svitt.yaml"
@@ -165,8 +167,10 @@ def figure_a1_metrics(wildcards):
 
 
 def table_inputs(wildcards):
+    spec = load_spec(ABLATIONS, wildcards.table)
     inputs = {
         "profile": PROFILE_DUMP,
+        "paper": PAPER_PROFILE,
         "spec": f"{ABLATIONS}/{wildcards.table}.yaml",
         "sparsity": config["sparsity_table"],
         "metrics": table_metrics(wildcards),
@@ -175,6 +179,10 @@ def table_inputs(wildcards):
         inputs["datasets"] = f"{ABLATIONS}/datasets.tsv"
         # Statistics of every dataset of the table (the weights play no part).
         inputs["data"] = [validation_report(name) for name in load_datasets(ABLATIONS)]
+    # The reference rows (chance, majority answer, question-only prior) read the annotations.
+    compared = [*spec.get("datasets", []), *(c["dataset"] for c in spec.get("columns", []))]
+    if compared:
+        inputs["data"] = [validation_report(name) for name in dict.fromkeys(compared)]
     return inputs
 
 

@@ -25,7 +25,8 @@ rule table:
     conda:
         ENV
     shell:
-        "svitt table {wildcards.table} --profile {input.profile} --out-dir {params.out}"
+        "svitt table {wildcards.table} --profile {input.profile} --paper-profile {input.paper}"
+        " --out-dir {params.out}"
         " > {log} 2>&1"
 
 
