@@ -25,6 +25,8 @@ from tabulate import tabulate
 from svitt.config import RunConfig, load_config
 from svitt.errors import MissingFileError
 from svitt.files import atomic_write_text
+from svitt.report.intervals import Interval, mean_interval, paired_difference
+from svitt.report.outcomes import metric_outcomes, outcomes_path
 from svitt.report.baselines import QA_BASELINES, qa_reference, retrieval_reference
 from svitt.report.runs import ALL_TABLES, Profile, Run, TableRow, Variant, table_rows
 from svitt.report.settings import non_paper_settings
@@ -62,6 +64,32 @@ def read_metric(path: str | Path, key: str) -> float:
 
 def _round(value: float | None, digits: int = 1) -> float | None:
     return None if value is None else round(value, digits)
+
+
+# A cell's 95 % interval: CSV keeps the bounds in columns of their own ("<column> low",
+# "<column> high"); Markdown and LaTeX show "value [low, high]" in the one column.
+LOW, HIGH = " low", " high"
+
+
+def _with_interval(column: str, value: float, interval: Interval) -> dict[str, float]:
+    return {
+        column: round(value, 1),
+        column + LOW: round(interval.low, 1),
+        column + HIGH: round(interval.high, 1),
+    }
+
+
+def run_interval(profile: Profile, run: Run, metric: str) -> tuple[float, Interval]:
+    """The run's metric from its metrics.json and the bootstrap interval of its per-query
+    outcomes, which must agree with it."""
+    value = read_metric(profile.metrics(run), metric)
+    interval = mean_interval(metric_outcomes(outcomes_path(profile, run), metric))
+    if not math.isclose(interval.value, value, abs_tol=1e-6):
+        raise SpecError(
+            f"{outcomes_path(profile, run)}: {metric} of the per-query outcomes is "
+            f"{interval.value:.4f}, metrics.json says {value:.4f}; rerun the evaluation"
+        )
+    return value, interval
 
 
 def _pretrain_label(profile: Profile) -> str:
@@ -178,14 +206,12 @@ def retrieval_table(profile: Profile, spec: Mapping[str, Any], paper: Profile) -
         }
         for dataset in datasets:
             run = row.runs.get((dataset, "metrics"))
-            values = (
-                [read_metric(profile.metrics(run), key) for key in RECALL_KEYS]
-                if run is not None
-                else [None] * len(RECALL_KEYS)
-            )
-            out.update(
-                zip(_recall_columns(labels[dataset].label), map(_round, values), strict=True)
-            )
+            columns = _recall_columns(labels[dataset].label)
+            if run is None:
+                out.update(dict.fromkeys(columns))
+                continue
+            for column, key in zip(columns, RECALL_KEYS, strict=True):
+                out.update(_with_interval(column, *run_interval(profile, run, key)))
         rows.append(out)
     chance: dict[str, Any] = {
         "source": profile.name,
@@ -244,15 +270,22 @@ def probe_table(profile: Profile, spec: Mapping[str, Any], paper: Profile) -> pd
 def _probe_cells(
     profile: Profile, spec: Mapping[str, Any], row: TableRow, labels: Mapping[str, Any]
 ) -> dict[str, float]:
-    out = {}
+    """N and S with their intervals, and Δ = N - S with its paired interval (the same test
+    queries, read in order and shuffled)."""
+    out: dict[str, float] = {}
     for column in spec["columns"]:
         dataset, metric = column["dataset"], column["metric"]
-        normal = read_metric(profile.metrics(row.runs[(dataset, "N")]), metric)
-        probed = read_metric(profile.metrics(row.runs[(dataset, "S")]), metric)
+        normal_run, probed_run = row.runs[(dataset, "N")], row.runs[(dataset, "S")]
+        normal, normal_interval = run_interval(profile, normal_run, metric)
+        probed, probed_interval = run_interval(profile, probed_run, metric)
+        drop = paired_difference(
+            metric_outcomes(outcomes_path(profile, normal_run), metric),
+            metric_outcomes(outcomes_path(profile, probed_run), metric),
+        )
         label = labels[dataset].label
-        out[f"{label} N"] = round(normal, 1)
-        out[f"{label} S"] = round(probed, 1)
-        out[f"{label} Δ"] = round(normal - probed, 1)
+        out.update(_with_interval(f"{label} N", normal, normal_interval))
+        out.update(_with_interval(f"{label} S", probed, probed_interval))
+        out.update(_with_interval(f"{label} Δ", normal - probed, drop))
     return out
 
 
@@ -386,7 +419,13 @@ def build_table(profile: Profile, name: str, paper: Profile) -> Table:
             f"{profile.ablations}/{name}.yaml: layout {layout!r}; allowed: {list(BUILDERS)}"
         )
     frame = BUILDERS[layout](profile, spec, paper)
-    return Table(name, spec["title"], spec.get("caption", ""), frame, _source_note(profile))
+    note = _source_note(profile)
+    if any(column.endswith(LOW) for column in frame.columns):
+        note += (
+            " In brackets: the 95 % bootstrap interval over the test queries (Δ: paired, the "
+            "same queries in order and probed); the CSV has the bounds in their own columns."
+        )
+    return Table(name, spec["title"], spec.get("caption", ""), frame, note)
 
 
 def _cell(value: Any) -> Any:
@@ -395,14 +434,29 @@ def _cell(value: Any) -> Any:
     return value
 
 
-def _plain(frame: pd.DataFrame) -> list[list[Any]]:
-    return [[_cell(v) for v in row] for row in frame.itertuples(index=False)]
+def compact(frame: pd.DataFrame) -> pd.DataFrame:
+    """Each interval's bounds joined into its value's column: "18.0 [10.0, 26.0]"."""
+    frame = frame.copy()
+    for column in [c for c in frame.columns if c + LOW in frame.columns]:
+        low, high = frame.pop(column + LOW), frame.pop(column + HIGH)
+        frame[column] = [
+            value if _cell(lo) == "" else f"{value} [{lo}, {hi}]"
+            for value, lo, hi in zip(frame[column], low, high, strict=True)
+        ]
+    return frame
+
+
+def _plain(frame: pd.DataFrame) -> tuple[list[str], list[list[Any]]]:
+    """Headers and cells of the compact frame, as tabulate takes them."""
+    frame = compact(frame)
+    return list(frame.columns), [[_cell(v) for v in row] for row in frame.itertuples(index=False)]
 
 
 def to_markdown(table: Table) -> str:
+    headers, cells = _plain(table.frame)
     body = tabulate(
-        _plain(table.frame),
-        headers=list(table.frame.columns),
+        cells,
+        headers=headers,
         tablefmt="pipe",
         disable_numparse=True,
     )
@@ -410,9 +464,10 @@ def to_markdown(table: Table) -> str:
 
 
 def to_latex(table: Table) -> str:
+    headers, cells = _plain(table.frame)
     body = tabulate(
-        _plain(table.frame),
-        headers=list(table.frame.columns),
+        cells,
+        headers=headers,
         tablefmt="latex_booktabs",
         disable_numparse=True,
     )
