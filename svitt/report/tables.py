@@ -25,9 +25,9 @@ from tabulate import tabulate
 from svitt.config import RunConfig, load_config
 from svitt.errors import MissingFileError
 from svitt.files import atomic_write_text
+from svitt.report.baselines import QA_BASELINES, qa_reference, retrieval_reference
 from svitt.report.intervals import Interval, mean_interval, paired_difference
 from svitt.report.outcomes import metric_outcomes, outcomes_path
-from svitt.report.baselines import QA_BASELINES, qa_reference, retrieval_reference
 from svitt.report.runs import ALL_TABLES, Profile, Run, TableRow, Variant, table_rows
 from svitt.report.settings import non_paper_settings
 from svitt.report.specs import SpecError, load_datasets, load_spec
