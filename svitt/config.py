@@ -16,11 +16,14 @@ import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import yaml
 
 from svitt.errors import MissingFileError, UserError
+
+if TYPE_CHECKING:
+    from svitt.data.tokenizer import TextTokenizer
 
 T = TypeVar("T")
 
@@ -495,3 +498,45 @@ def parse_override(text: str) -> dict[str, Any]:
     for part in reversed(key.strip().split(".")):
         value = {part: value}
     return value
+
+
+def with_tokenizer(cfg: RunConfig, tokenizer: TextTokenizer) -> RunConfig:
+    """Vocabulary size and special token ids come from the run's tokenizer, not the config."""
+    ids = {
+        "pad_token_id": tokenizer.pad_token_id,
+        "cls_token_id": tokenizer.cls_token_id,
+        "sep_token_id": tokenizer.sep_token_id,
+        "mask_token_id": tokenizer.mask_token_id,
+    }
+    missing = [name for name, value in ids.items() if value is None]
+    if missing:
+        raise ConfigError(
+            f"data.tokenizer: {cfg.data.tokenizer} defines no {', '.join(missing)}; allowed: "
+            "a BERT-style tokenizer with [PAD], [CLS], [SEP] and [MASK]"
+        )
+    text = dataclasses.replace(cfg.model.text, vocab_size=len(tokenizer), **ids)
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, text=text))
+
+
+def eval_model_config(cfg: RunConfig) -> tuple[ModelConfig, dict[str, Any]]:
+    """The model to evaluate with the eval overrides applied, and the overrides used.
+
+    Overrides change the model's config (keep rate, token order, clip length); the weights
+    are then loaded (and inflated) into that model, so no forward-time flag exists.
+    """
+    ev, model = cfg.eval, cfg.model
+    overrides: dict[str, Any] = {"frame_order": ev.frame_order}
+    sparsity, vision = model.sparsity, model.vision
+    if ev.visual_keep_rate is not None:
+        sparsity = dataclasses.replace(sparsity, visual_keep_rate=ev.visual_keep_rate)
+        overrides["visual_keep_rate"] = ev.visual_keep_rate
+    if ev.token_order is not None:
+        sparsity = dataclasses.replace(sparsity, token_order=ev.token_order)
+        overrides["token_order"] = ev.token_order
+    if ev.num_frames is not None:
+        vision = dataclasses.replace(vision, num_frames=ev.num_frames)
+        overrides["num_frames"] = ev.num_frames
+    try:
+        return dataclasses.replace(model, sparsity=sparsity, vision=vision), overrides
+    except ConfigError as err:
+        raise ConfigError(f"eval overrides {overrides}: model.{err}") from None

@@ -10,7 +10,6 @@ import torch
 from svitt.config import RunConfig, asdict
 from svitt.engine.checkpoint import (
     finished_run,
-    load_checkpoint,
     rng_state,
     run_identity,
     save_checkpoint,
@@ -19,6 +18,7 @@ from svitt.engine.checkpoint import (
 )
 from svitt.engine.optim import build_scheduler, lr_factor, no_decay_names
 from svitt.files import atomic_write
+from svitt.models.checkpoints import load_checkpoint
 
 
 def test_checkpoint_loads_with_weights_only_and_restores_rng(tmp_path):
@@ -130,7 +130,7 @@ def test_backward_of_a_table_lookup_is_bit_exact_at_two_threads():
     """On CPU with several threads the accumulating backward of an index lookup (the relative
     bias table's) adds in thread order, so two identical runs differed; a stage with more than
     one thread switches torch to its deterministic kernels, and restores the setting after."""
-    from svitt.engine.runner import deterministic_threads, guarded
+    from svitt.engine.lifecycle import deterministic_threads
 
     generator = torch.Generator().manual_seed(0)
     table = torch.randn(1000, 4, generator=generator, requires_grad=True)
@@ -143,15 +143,15 @@ def test_backward_of_a_table_lookup_is_bit_exact_at_two_threads():
         return table.grad.clone()
 
     def stage() -> int:
-        deterministic_threads()
-        first = grad()
-        assert all(torch.equal(first, grad()) for _ in range(5))
+        with deterministic_threads(torch.device("cpu")):
+            first = grad()
+            assert all(torch.equal(first, grad()) for _ in range(5))
         return 0
 
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        assert guarded(stage) == 0
+        assert stage() == 0
     finally:
         torch.set_num_threads(threads)
     assert not torch.are_deterministic_algorithms_enabled()

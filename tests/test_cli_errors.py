@@ -20,12 +20,12 @@ import yaml
 
 import svitt
 from svitt.cli import main
-from svitt.config import ConfigError, asdict, load_config
+from svitt.config import ConfigError, asdict, load_config, with_tokenizer
 from svitt.data.annotations import AnnotationError, DatasetError
 from svitt.data.datasets import BadVideosError
 from svitt.data.validate import BadDatasetError
 from svitt.data.video_files import VideoError
-from svitt.engine.runner import StageError, with_tokenizer
+from svitt.engine.stage import StageError
 from svitt.engine.tracking import TrackingError
 from svitt.errors import MissingFileError, OutputExistsError, UnreadableFileError, UserError
 from svitt.models.release import CheckpointFormatError

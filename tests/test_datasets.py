@@ -15,7 +15,7 @@ from svitt.data.datasets import (
 from svitt.data.synthetic import Obj, Script, State, render, train_tokenizer, write_video
 from svitt.data.tokenizer import TextTokenizer
 from svitt.engine.distributed import epoch_batches
-from svitt.engine.runner import epoch_loader
+from svitt.engine.loop import epoch_loader
 
 CAPTIONS = [
     "a red square moves right",
@@ -78,7 +78,7 @@ def config(root, **data):
 
 
 def train_batches(cfg, tokenizer, task="pretrain", epoch=0):
-    """One epoch of a training stage's batches, built the way `runner.train` builds them."""
+    """One epoch of a training stage's batches, built the way `loop.train` builds them."""
     dataset, collate = training_data(cfg, tokenizer, task)
     batches = epoch_batches(len(dataset), cfg.optim.batch_size, cfg.seed, epoch, 0, 1)
     return list(epoch_loader(dataset, collate, batches, cfg, epoch))

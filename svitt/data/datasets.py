@@ -355,7 +355,7 @@ def qa_dataset(root: str | Path, name: str, split: Split, clips: ClipLoader) -> 
 
 def training_data(cfg: RunConfig, tokenizer: TextTokenizer, task: Task) -> tuple[Dataset, Collator]:
     """A training stage's dataset (`cfg.data.train` for pre-training, else the downstream
-    `cfg.data.dataset`) and its collate function; `svitt.engine.runner.train` batches it."""
+    `cfg.data.dataset`) and its collate function; `svitt.engine.loop.train` batches it."""
     clips = clip_loader(cfg, train=True)
     if task == "qa":
         dataset: Dataset = qa_dataset(cfg.data.root, _downstream(cfg, "qa"), "train", clips)

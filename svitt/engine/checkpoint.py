@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from svitt.errors import MissingFileError, OutputExistsError, UnreadableFileError
-from svitt.files import atomic_write, atomic_write_text, torch_load
+from svitt.errors import OutputExistsError
+from svitt.files import atomic_write, atomic_write_text
 
 CHECKPOINT = "checkpoint.pt"  # final, written only when the stage has finished
 LAST = "last.pt"  # periodic, resumable
@@ -39,16 +39,6 @@ def _json_default(value: Any) -> Any:
 
 def save_checkpoint(path: str | Path, state: Mapping[str, Any]) -> None:
     atomic_write(path, lambda f: torch.save(dict(state), f))
-
-
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise MissingFileError(f"checkpoint not found: {path}")
-    state = torch_load(path, "svitt checkpoint", map_location)
-    if not isinstance(state, dict) or "model" not in state:
-        raise UnreadableFileError(f"{path}: not a svitt checkpoint (no 'model' entry)")
-    return state
 
 
 def rng_state() -> dict[str, Any]:

@@ -8,6 +8,8 @@ DDP, shards every global batch across ranks, and only rank 0 logs and writes fil
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,6 +68,16 @@ def init_distributed(device_preference: str = "auto") -> DistEnv:
 def shutdown() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+@contextmanager
+def process_group() -> Iterator[None]:
+    """The block in which runs join the process group (`init_distributed`, once); it is left
+    at the end, however the block ends."""
+    try:
+        yield
+    finally:
+        shutdown()
 
 
 def barrier() -> None:

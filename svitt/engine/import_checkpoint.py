@@ -16,8 +16,7 @@ import dataclasses
 import logging
 from pathlib import Path
 
-from svitt.config import WeightsConfig, asdict, load_config
-from svitt.engine import runner
+from svitt.config import WeightsConfig, asdict, load_config, with_tokenizer
 from svitt.engine.checkpoint import save_checkpoint, seed_everything
 
 log = logging.getLogger(__name__)
@@ -68,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
 
 def import_release(args: argparse.Namespace) -> None:
     from svitt.data.tokenizer import TextTokenizer
+    from svitt.models.checkpoints import load_strict
     from svitt.models.factory import ARCHS
     from svitt.models.release import (
         CheckpointFormatError,
@@ -77,7 +77,7 @@ def import_release(args: argparse.Namespace) -> None:
     )
 
     cfg = load_config(args.config)
-    cfg = runner.with_tokenizer(cfg, TextTokenizer.from_dir(cfg.data.tokenizer))
+    cfg = with_tokenizer(cfg, TextTokenizer.from_dir(cfg.data.tokenizer))
     # The weights come from SRC: no local BEiT/BERT files are read.
     model_cfg = dataclasses.replace(cfg.model, weights=WeightsConfig())
     state, release_config = read_release_checkpoint(args.src)
@@ -94,7 +94,7 @@ def import_release(args: argparse.Namespace) -> None:
         weights, initialised = release_to_svitt(state, model)
     except CheckpointFormatError as err:
         raise CheckpointFormatError(f"{args.src}: {err}") from None
-    model.load_state_dict(weights)
+    load_strict(model, weights, args.src)
     if initialised:
         log.warning("%s has no MLM head (fine-tuned layout): %d weights keep their "
                     "initialisation", args.src, len(initialised))  # fmt: skip

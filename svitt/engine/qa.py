@@ -10,17 +10,15 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from svitt.config import ModelConfig, RunConfig
-from svitt.engine import runner
-
-QA_VISION_PREFIX = "encoder.vision."
-
+from svitt.engine import lifecycle
+from svitt.engine.loop import train
+from svitt.engine.stage import Run, TrainSummary, autocast, downstream_stages, progress
 
 # --- metrics (pure) ---------------------------------------------------------------------------
 
@@ -38,28 +36,11 @@ def accuracy(predicted: Sequence[int] | Tensor, gold: Sequence[int] | Tensor) ->
     return 100.0 * hits.double().mean().item()
 
 
-# --- weights ----------------------------------------------------------------------------------
-
-
-def load_qa_weights(model: nn.Module, path: Path, model_cfg: ModelConfig) -> None:
-    """A fine-tuned QA checkpoint loads as is; a pre-trained video-text checkpoint initialises
-    the encoders and the decoder's text layers (VideoQA.load_pretrained)."""
-    from svitt.engine.checkpoint import load_checkpoint
-
-    state = load_checkpoint(path)
-    frames = runner.checkpoint_frames(state, path)
-    if any(key.startswith(QA_VISION_PREFIX) for key in state["model"]):
-        weights = runner.resized(state["model"], frames, model_cfg, QA_VISION_PREFIX)
-        runner.load_strict(model, weights, path)
-    else:
-        model.load_pretrained(runner.resized(state["model"], frames, model_cfg, "vision."))
-
-
 # --- evaluation -------------------------------------------------------------------------------
 
 
 @torch.no_grad()
-def evaluate(run: runner.Run, model: nn.Module, cfg: RunConfig) -> dict[str, Any]:
+def evaluate(run: Run, model: nn.Module, cfg: RunConfig) -> dict[str, Any]:
     from svitt.data.datasets import qa_eval
 
     env = run.env
@@ -67,10 +48,10 @@ def evaluate(run: runner.Run, model: nn.Module, cfg: RunConfig) -> dict[str, Any
     model.eval().to(env.device)
     answer_ids, answer_mask = data.answer_ids.to(env.device), data.answer_mask.to(env.device)
     predicted, gold, videos = [], [], set()
-    for batch in runner.progress(env, iterable=data.questions, desc="answer", unit="batch"):
+    for batch in progress(env, iterable=data.questions, desc="answer", unit="batch"):
         if len(batch["video"]) == 0:
             continue
-        with runner.autocast(env):
+        with autocast(env):
             choice = model.rank_answers(
                 batch["video"].to(env.device),
                 batch["question_ids"].to(env.device),
@@ -99,54 +80,28 @@ def evaluate(run: runner.Run, model: nn.Module, cfg: RunConfig) -> dict[str, Any
 # --- stages -----------------------------------------------------------------------------------
 
 
-def check_test(cfg: RunConfig) -> None:
-    runner.check_datasets(cfg, [cfg.data.dataset] if cfg.data.dataset else [], ["qa"], "test")
+def build(model_cfg: ModelConfig) -> nn.Module:
+    """VideoQA; a pre-trained video-text checkpoint starts its encoders and decoder
+    (`svitt.models.checkpoints.load_checkpoint_weights`)."""
+    from svitt.models.factory import create_qa_model
+
+    return create_qa_model(model_cfg)
 
 
-def check_train(cfg: RunConfig) -> None:
-    check_test(cfg)
-    runner.check_datasets(cfg, [cfg.data.dataset], ["qa"], "train")
+def finetune(run: Run) -> TrainSummary | None:
+    """Train the answer decoder (and the encoders) on `data.dataset`'s train split."""
+    from svitt.data.datasets import training_data
+    from svitt.models.checkpoints import load_checkpoint_weights
+
+    model = build(run.cfg.model)
+    if run.init_from is not None:
+        load_checkpoint_weights(model, run.init_from)
+    dataset, collate = training_data(run.cfg, run.tokenizer, "qa")
+    return train(run, model, dataset, collate, lambda m, batch: m(batch))
+
+
+STAGES = downstream_stages("qa", build, finetune, evaluate)
 
 
 def run(args: argparse.Namespace) -> int:
-    return runner.run_stage(args, _run)
-
-
-def _run(args: argparse.Namespace, stage: str) -> int:
-    from svitt.data.datasets import training_data
-    from svitt.models.factory import create_qa_model
-
-    training = stage == "finetune-qa"
-    run = runner.start_run(args, stage, check_train if training else check_test, training)
-    if run is None:
-        return 0
-    cfg = run.cfg
-    if training:
-        model = create_qa_model(cfg.model)
-        if run.init_from is not None:
-            load_qa_weights(model, run.init_from, cfg.model)
-        dataset, collate = training_data(cfg, run.tokenizer, "qa")
-        summary = runner.train(
-            run,
-            model,
-            dataset,
-            collate,
-            lambda m, batch: m(batch),
-            args.max_steps_this_run,
-        )
-        if summary is None:
-            return 0
-        trained = model.state_dict()
-    model_cfg, overrides = runner.eval_model_config(cfg)
-    eval_model = create_qa_model(model_cfg)
-    if training:
-        weights = runner.resized(trained, cfg.model.vision.num_frames, model_cfg, QA_VISION_PREFIX)
-        runner.load_strict(eval_model, weights, "the fine-tuned model")
-    else:
-        load_qa_weights(eval_model, run.init_from, model_cfg)
-    metrics = runner.base_metrics(run, model_cfg, overrides)
-    metrics.update(evaluate(run, eval_model, cfg))
-    if training:
-        metrics.update(summary.as_metrics())
-    runner.finish_run(run, metrics, training)
-    return 0
+    return lifecycle.run(STAGES[args.command], args)

@@ -24,9 +24,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from svitt.config import Rerank, RunConfig
-from svitt.engine import runner
+from svitt.config import ModelConfig, Rerank, RunConfig
+from svitt.engine import lifecycle
 from svitt.engine.pretrain import train_video_text
+from svitt.engine.stage import Run, TrainSummary, autocast, downstream_stages, progress
 from svitt.models.clips import clip_similarity, ensemble_clip_scores, split_clips
 
 KS = (1, 5, 10)
@@ -89,7 +90,7 @@ def rerank_top_k(similarity: Tensor, top_index: Tensor, top_scores: Tensor) -> T
 
 
 @torch.no_grad()
-def evaluate(run: runner.Run, model: nn.Module, cfg: RunConfig) -> dict[str, Any]:
+def evaluate(run: Run, model: nn.Module, cfg: RunConfig) -> dict[str, Any]:
     """Retrieval metrics of `model` on the test split of `cfg.data.dataset`."""
     from svitt.data.datasets import retrieval_eval
 
@@ -98,8 +99,8 @@ def evaluate(run: runner.Run, model: nn.Module, cfg: RunConfig) -> dict[str, Any
     model.eval().to(env.device)
     num_clips, ensemble = cfg.eval.num_clips, cfg.eval.clip_ensemble
     video_embeds, video_tokens, kept = [], [], []  # per batch: [B, C, E], [B, C, N, Dv]
-    for batch in runner.progress(env, iterable=data.videos, desc="encode videos", unit="batch"):
-        with runner.autocast(env):
+    for batch in progress(env, iterable=data.videos, desc="encode videos", unit="batch"):
+        with autocast(env):
             encoded = [
                 model.encode_video(clip)
                 for clip in split_clips(batch["video"].to(env.device), num_clips)
@@ -126,7 +127,7 @@ def evaluate(run: runner.Run, model: nn.Module, cfg: RunConfig) -> dict[str, Any
     for start in range(0, len(ids_all), cfg.eval.batch_size):
         ids = ids_all[start : start + cfg.eval.batch_size]
         mask = mask_all[start : start + cfg.eval.batch_size]
-        with runner.autocast(env):
+        with autocast(env):
             encoded = model.encode_text(ids, mask)
         text_embeds.append(encoded.embed.float())
         text_hidden.append(encoded.hidden)
@@ -137,13 +138,13 @@ def evaluate(run: runner.Run, model: nn.Module, cfg: RunConfig) -> dict[str, Any
         k = min(cfg.eval.k_test, similarity.shape[1])
         top_index = similarity.topk(k, dim=1).indices
         top_scores = torch.empty(top_index.shape, device=similarity.device)
-        bar = runner.progress(env, total=len(top_index), desc="VTM re-rank", unit="query")
+        bar = progress(env, total=len(top_index), desc="VTM re-rank", unit="query")
         per_chunk = max(1, cfg.eval.batch_size // k)
         for start in range(0, len(top_index), per_chunk):
             rows = torch.arange(start, min(start + per_chunk, len(top_index)), device=hidden.device)
             videos = top_index[rows].flatten()
             texts = rows.repeat_interleave(k)
-            with runner.autocast(env):
+            with autocast(env):
                 per_clip = torch.stack(
                     [
                         model.match_logits(tokens[videos, clip], hidden[texts], mask_all[texts])
@@ -173,46 +174,19 @@ def evaluate(run: runner.Run, model: nn.Module, cfg: RunConfig) -> dict[str, Any
 # --- stages -----------------------------------------------------------------------------------
 
 
-def run(args: argparse.Namespace) -> int:
-    return runner.run_stage(args, _run)
-
-
-def check_test(cfg: RunConfig) -> None:
-    runner.check_datasets(
-        cfg, [cfg.data.dataset] if cfg.data.dataset else [], ["retrieval"], "test"
-    )
-
-
-def check_train(cfg: RunConfig) -> None:
-    check_test(cfg)
-    runner.check_datasets(cfg, [cfg.data.dataset], ["retrieval"], "train")
-
-
-def _run(args: argparse.Namespace, stage: str) -> int:
+def build(model_cfg: ModelConfig) -> nn.Module:
     from svitt.models.factory import create_model
 
-    training = stage == "finetune-retrieval"
-    run = runner.start_run(args, stage, check_train if training else check_test, training)
-    if run is None:
-        return 0
-    cfg = run.cfg
-    if training:
-        trained = train_video_text(run, "retrieval", args.max_steps_this_run)
-        if trained is None:
-            return 0
-        model, summary, _ = trained
-    model_cfg, overrides = runner.eval_model_config(cfg)
-    eval_model = create_model(model_cfg)
-    if training:
-        weights = runner.resized(
-            model.state_dict(), cfg.model.vision.num_frames, model_cfg, "vision."
-        )
-        runner.load_strict(eval_model, weights, "the fine-tuned model")
-    else:
-        runner.load_into(eval_model, run.init_from, model_cfg, prefix="vision.")
-    metrics = runner.base_metrics(run, model_cfg, overrides)
-    metrics.update(evaluate(run, eval_model, cfg))
-    if training:
-        metrics.update(summary.as_metrics())
-    runner.finish_run(run, metrics, training)
-    return 0
+    return create_model(model_cfg)
+
+
+def finetune(run: Run) -> TrainSummary | None:
+    trained = train_video_text(run, "retrieval")
+    return None if trained is None else trained[0]
+
+
+STAGES = downstream_stages("retrieval", build, finetune, evaluate)
+
+
+def run(args: argparse.Namespace) -> int:
+    return lifecycle.run(STAGES[args.command], args)

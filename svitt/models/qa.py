@@ -36,6 +36,8 @@ ENCODERS: dict[str, type[SViTT]] = {
 class VideoQA(nn.Module):
     """Answer decoder on top of an SViTT or Singularity encoder (no pre-training heads)."""
 
+    vision_prefix = f"encoder.{SViTT.vision_prefix}"
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         if cfg.arch not in ENCODERS:

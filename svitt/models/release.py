@@ -245,8 +245,9 @@ def release_to_svitt(state: dict[str, Tensor], model: SViTT) -> tuple[dict[str, 
     """Map every release key to `model`'s names and check the result against `model`.
 
     Returns our state dict and the keys it leaves at `model`'s initialisation: only the MLM
-    head of a fine-tuned checkpoint, which has none. Anything else missing or left over, or of
-    another shape, raises CheckpointFormatError naming the keys.
+    head of a fine-tuned checkpoint, which has none. Anything else missing or left over raises
+    CheckpointFormatError naming the keys; shapes are checked when the result is loaded
+    (`svitt.models.checkpoints.load_strict`).
     """
     check_release_options(state, model)
     state = {k: v for k, v in state.items() if not _DROPPED.search(k)}
@@ -287,13 +288,6 @@ def release_to_svitt(state: dict[str, Tensor], model: SViTT) -> tuple[dict[str, 
         raise CheckpointFormatError(
             f"the checkpoint lacks {len(missing)} weights of the model: "
             f"{', '.join(missing[:6])}{' ...' if len(missing) > 6 else ''}"
-        )
-    reshaped = [k for k, v in ours.items() if v.shape != target[k].shape]
-    if reshaped:
-        key = reshaped[0]
-        raise CheckpointFormatError(
-            f"{key}: the checkpoint's shape {list(ours[key].shape)} differs from the model's "
-            f"{list(target[key].shape)} (check the model sizes in the run config)"
         )
     ours.update({k: target[k] for k in initialised})
     return {k: ours[k].to(target[k].dtype) for k in target}, initialised

@@ -144,6 +144,7 @@ class SViTT(nn.Module):
     """
 
     has_matching_head = True
+    vision_prefix = "vision."  # the visual encoder's keys in state_dict(): inflated on load
 
     def __init__(self, cfg: ModelConfig, pretraining_heads: bool = True) -> None:
         super().__init__()

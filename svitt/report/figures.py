@@ -101,12 +101,13 @@ def kept_tokens(
     checkpoint: str | Path, config: str | Path, clips: Sequence[int]
 ) -> list[KeptTokens]:
     """Run the checkpoint's model (with the run config's sparsity) on test clips `clips`."""
-    # The model stack (torch, engine) loads only here: Figure A1 reads JSON files alone.
+    # The model stack (torch, models) loads only here: Figure A1 reads JSON files alone.
     import torch
 
+    from svitt.config import eval_model_config, with_tokenizer
     from svitt.data.datasets import clip_loader, retrieval_eval_set
     from svitt.data.tokenizer import TextTokenizer
-    from svitt.engine.runner import eval_model_config, load_into, with_tokenizer
+    from svitt.models.checkpoints import load_checkpoint_weights
     from svitt.models.factory import create_model
 
     torch.set_grad_enabled(False)
@@ -115,7 +116,7 @@ def kept_tokens(
     cfg = with_tokenizer(cfg, tokenizer)
     model_cfg, _ = eval_model_config(cfg)
     model = create_model(model_cfg).eval()
-    load_into(model, Path(checkpoint), model_cfg, "")
+    load_checkpoint_weights(model, Path(checkpoint))
 
     data = retrieval_eval_set(cfg.data.root, cfg.data.dataset)
     loader = clip_loader(cfg, train=False)
