@@ -8,6 +8,7 @@ import yaml
 
 from svitt.report.runs import (
     ALL_TABLES,
+    RESULTS_TABLES,
     Profile,
     Run,
     Variant,

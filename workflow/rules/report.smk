@@ -34,6 +34,9 @@ rule claims:
     input:
         profile=PROFILE_DUMP,
         spec=f"{ABLATIONS}/claims.tsv",
+        # Which claims this profile can check: the runs its tables and Figure A1 read.
+        specs=[f"{ABLATIONS}/{name}.yaml" for name in (*RESULTS_TABLES, "figure_A1")],
+        sparsity=config["sparsity_table"],
         outcomes=claims_outcomes,
     output:
         **CLAIMS,
