@@ -3,6 +3,7 @@ session, read-only for the tests) and tiny-model run configs on it."""
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,8 @@ import pytest
 import yaml
 
 from svitt.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
 
 TINY: dict[str, Any] = {
     "seed": 0,
@@ -53,6 +56,14 @@ TINY: dict[str, Any] = {
     },
     "eval": {"batch_size": 16, "k_test": 4, "answer_top_k": 8},
 }
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A copy of the specs in a scratch directory that is the working directory."""
+    shutil.copytree(REPO / "ablations", tmp_path / "ablations")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
 
 
 @pytest.fixture(scope="session")

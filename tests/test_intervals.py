@@ -7,6 +7,7 @@ from svitt.report.intervals import (
     mean_interval,
     mean_recall_outcomes,
     paired_difference,
+    paired_sum,
     recall_outcomes,
 )
 
@@ -56,3 +57,17 @@ def test_recall_outcomes_from_ranks() -> None:
 def test_unpaired_lengths_are_refused() -> None:
     with pytest.raises(ValueError, match="same queries"):
         paired_difference([1.0, 0.0], [1.0])
+
+
+def test_difference_of_differences_that_cancel_is_exactly_zero() -> None:
+    # Mean-recall outcomes are thirds: the two runs' drops are equal on every query, but
+    # (2/3 - 1/3) - (1 - 2/3) is not 0 in floating point.
+    ks = (1, 5, 10)
+    a, b = mean_recall_outcomes([3] * 50, ks), mean_recall_outcomes([7] * 50, ks)
+    c, d = mean_recall_outcomes([0] * 50, ks), mean_recall_outcomes([3] * 50, ks)
+    interval = paired_sum([(1, a), (-1, b), (-1, c), (1, d)])
+    assert (interval.value, interval.low, interval.high) == (0.0, 0.0, 0.0)
+    first, second = np.array([1.0, 0.0, 1.0, 1.0]), np.array([0.0, 0.0, 1.0, 0.0])
+    assert paired_sum([(1, first), (-1, second)]) == paired_difference(first, second)
+    with pytest.raises(ValueError, match=r"sign \+1 or -1"):
+        paired_sum([(2, first)])

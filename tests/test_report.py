@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -26,14 +25,6 @@ REPO = Path(__file__).resolve().parents[1]
 
 def load_profile_config(name: str) -> dict:
     return yaml.safe_load((REPO / "workflow" / "config" / f"{name}.yaml").read_text())
-
-
-@pytest.fixture
-def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A copy of the specs in a scratch directory that is the working directory."""
-    shutil.copytree(REPO / "ablations", tmp_path / "ablations")
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
 
 
 def synthetic_profile() -> Profile:

@@ -71,12 +71,30 @@ def paired_difference(
 ) -> Interval:
     """mean(first) - mean(second) in percent points, with its paired 95 % interval: both
     runs are outcomes on the same queries in the same order."""
-    a, b = _as_outcomes(first, "first"), _as_outcomes(second, "second")
-    if a.shape != b.shape:
-        raise ValueError(
-            f"paired difference: {len(a)} outcomes against {len(b)}; need the same queries"
-        )
-    return _bootstrap_mean(a - b, seed)
+    return paired_sum([(1, first), (-1, second)], seed)
+
+
+def paired_sum(
+    terms: Sequence[tuple[int, Sequence[float] | np.ndarray]], seed: int = SEED
+) -> Interval:
+    """sum(sign * mean(outcomes)) over `terms` in percent points, with its paired 95 %
+    interval: every term's outcomes are on the same queries in the same order, so the
+    per-query signed sum is resampled (a difference of differences, such as one model's
+    drop against another's, is one such sum)."""
+    arrays = [
+        (sign, _as_outcomes(values, f"term {i + 1}")) for i, (sign, values) in enumerate(terms)
+    ]
+    if not arrays or any(sign not in (1, -1) for sign, _ in arrays):
+        raise ValueError("paired sum: need one or more terms, each with sign +1 or -1")
+    lengths = [len(values) for _, values in arrays]
+    if len(set(lengths)) != 1:
+        raise ValueError(f"paired sum: {lengths} outcomes per term; need the same queries")
+    total = np.zeros(lengths[0])
+    for sign, values in arrays:
+        total = total + values if sign > 0 else total - values
+    # Mean-recall outcomes are thirds: round off the float residue of terms that cancel, so
+    # that queries where the runs agree count as exactly 0.
+    return _bootstrap_mean(np.round(total, 12), seed)
 
 
 def recall_outcomes(ranks: Sequence[int] | np.ndarray, k: int) -> np.ndarray:

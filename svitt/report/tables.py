@@ -504,13 +504,17 @@ def load_profile(path: str | Path) -> Profile:
     return Profile(yaml.safe_load(path.read_text()))
 
 
-def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
-    parser.add_argument("table", choices=ALL_TABLES, help="the supplement's table to build")
+def add_profile_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--profile",
         required=True,
         help="workflow config as run (results/<profile>/runs/profile.yaml)",
     )
+
+
+def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
+    parser.add_argument("table", choices=ALL_TABLES, help="the supplement's table to build")
+    add_profile_argument(parser)
     parser.add_argument(
         "--paper-profile",
         default=PAPER_PROFILE,

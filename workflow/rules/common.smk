@@ -8,12 +8,15 @@ import yaml
 
 from svitt.report.runs import (
     ALL_TABLES,
+    RESULTS_TABLES,
     Profile,
     Run,
     Variant,
     figure_a1_runs,
     table_runs,
 )
+from svitt.report.claims import claim_runs, load_claims
+from svitt.report.outcomes import outcomes_path
 from svitt.report.specs import SpecError, load_datasets, load_spec
 
 
@@ -72,6 +75,7 @@ try:
     PROFILE = Profile(config)
     TOKENS_SPEC = load_spec(config["ablations"], "figure_tokens")
     FIGURE_A1_SPEC = load_spec(config["ablations"], "figure_A1")
+    CLAIMS_SPEC = load_claims(config["ablations"])
 except SpecError as err:
     sys.exit(str(err))
 RESULTS = PROFILE.results
@@ -80,7 +84,7 @@ DATA = config["data"]
 ABLATIONS = config["ablations"]
 PROFILE_DUMP = f"{RUNS}/profile.yaml"
 PRETRAINED_CHECK = f"{RUNS}/data/pretrained.txt"
-CLAIMS = f"{RESULTS}/claims.md"
+CLAIMS = {"markdown": f"{RESULTS}/claims.md", "csv": f"{RESULTS}/claims.csv"}
 # The paper's recipe: the result tables name each row's settings that differ from it.
 PAPER_PROFILE = "workflow/config/paper.yaml"
 # Every rule's `conda:` (relative to workflow/rules/): the project installed with pip, for
@@ -150,8 +154,8 @@ def table_files():
 
 
 def claims_files():
-    """The claims report's copy for the HTML report, if results/<profile>/claims.md exists."""
-    return [f"{RUNS}/report/claims.md"] if Path(CLAIMS).is_file() else []
+    """The claims report and its copy for the HTML report."""
+    return [*CLAIMS.values(), f"{RUNS}/report/claims.md"]
 
 
 def figure_files():
@@ -160,6 +164,11 @@ def figure_files():
 
 def table_metrics(wildcards):
     return [PROFILE.metrics(run) for run in table_runs(PROFILE, wildcards.table)]
+
+
+def claims_outcomes(wildcards):
+    """The per-query outcomes of every run a claim this profile can check compares."""
+    return [outcomes_path(PROFILE, run) for run in claim_runs(PROFILE, CLAIMS_SPEC)]
 
 
 def figure_a1_metrics(wildcards):
