@@ -27,7 +27,7 @@ from svitt.errors import MissingFileError
 from svitt.files import atomic_write_text
 from svitt.report.baselines import QA_BASELINES, qa_reference, retrieval_reference
 from svitt.report.intervals import Interval, mean_interval, paired_difference
-from svitt.report.outcomes import metric_outcomes, outcomes_path
+from svitt.report.outcomes import RECALL_KS, metric_outcomes, outcomes_path
 from svitt.report.runs import ALL_TABLES, Profile, Run, TableRow, Variant, table_rows
 from svitt.report.settings import non_paper_settings
 from svitt.report.specs import SpecError, load_datasets, load_spec
@@ -36,7 +36,6 @@ from svitt.sparsity import count_edges
 REPORTED = "reported"
 BASELINE = "{} (baseline)"
 PAPER_PROFILE = "workflow/config/paper.yaml"
-RECALL_KS = (1, 5, 10)
 RECALL_KEYS = (*(f"r{k}" for k in RECALL_KS), "mean_recall")
 RECALL_NAMES = ("R1", "R5", "R10", "Mean")
 MISSING = "—"
