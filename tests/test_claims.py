@@ -228,7 +228,7 @@ def test_metric_outcomes_per_query(tmp_path: Path) -> None:
     qa = tmp_path / "qa.json"
     qa.write_text(
         json.dumps(
-            {"task": "qa", "question_id": [7, 8], "correct": [1, 0], "question_type": ["a", None]}
+            {"task": "qa", "question_id": [7, 8], "correct": [1, 0]}
         )
     )
     assert list(metric_outcomes(qa, "accuracy")) == [1.0, 0.0]

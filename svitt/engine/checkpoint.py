@@ -23,6 +23,7 @@ from svitt.files import atomic_write, atomic_write_text
 CHECKPOINT = "checkpoint.pt"  # final, written only when the stage has finished
 LAST = "last.pt"  # periodic, resumable
 METRICS = "metrics.json"
+OUTCOMES = "outcomes.json"  # per test query: see svitt.engine.stage.Results
 
 
 def save_json(path: str | Path, data: Mapping[str, Any]) -> None:

@@ -4,8 +4,7 @@ Every metric of the tables is a mean over test queries, so an evaluation writes 
 scored and the report layer bootstraps intervals and compares runs without a model:
 
     retrieval: {"task": "retrieval", "query": [q0, ...], "rank": [r0, ...]}
-    QA:        {"task": "qa", "question_id": [...], "correct": [0/1, ...],
-                "question_type": [str or null, ...]}
+    QA:        {"task": "qa", "question_id": [...], "correct": [0/1, ...]}
 
 `query` is each scored text query's index in the test annotation and `rank` the 0-based rank
 of its best-ranked positive video: R@k = mean(rank < k), mean recall = the mean over k of R@k.
@@ -28,7 +27,7 @@ from svitt.report.specs import SpecError
 RECALL_KS = (1, 5, 10)
 RETRIEVAL_METRICS = {"r1": 1, "r5": 5, "r10": 10}  # metric -> k
 METRICS = (*RETRIEVAL_METRICS, "mean_recall", "accuracy")
-_FIELDS = {"retrieval": ("query", "rank"), "qa": ("question_id", "correct", "question_type")}
+_FIELDS = {"retrieval": ("query", "rank"), "qa": ("question_id", "correct")}
 
 
 @dataclass(frozen=True)
