@@ -31,11 +31,9 @@ from torch import Tensor
 from benchmarks.common import (
     bench_dtype,
     count_flops,
-    machine_info,
     median,
     peak_memory,
-    pick_device,
-    set_allocator,
+    start_benchmark,
     table_suffix,
     time_interleaved,
     write_table,
@@ -245,11 +243,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     args = parse_args(argv)
-    device = pick_device(args.device)
-    info = machine_info(device)
-    if device.type == "cpu":
-        info["malloc"] = set_allocator(args.default_malloc)
-    print(", ".join(f"{key}: {value}" for key, value in info.items()), flush=True)
+    device, info = start_benchmark(args.device, args.default_malloc)
     rows, length_notes = [], []
     for frames in args.frames:
         for batch in args.batch or ([1, 8] if device.type == "cuda" else [1]):

@@ -78,6 +78,17 @@ def machine_info(device: torch.device) -> dict[str, str]:
     return info
 
 
+def start_benchmark(device_name: str, default_malloc: bool) -> tuple[torch.device, dict[str, str]]:
+    """The benchmark's device and its machine description, printed; on CPU with the allocator
+    the training runs use (unless `default_malloc`)."""
+    device = pick_device(device_name)
+    info = machine_info(device)
+    if device.type == "cpu":
+        info["malloc"] = set_allocator(default_malloc)
+    print(", ".join(f"{key}: {value}" for key, value in info.items()), flush=True)
+    return device, info
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)

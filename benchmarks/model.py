@@ -29,12 +29,10 @@ from torch import nn
 from benchmarks.common import (
     bench_dtype,
     count_flops,
-    machine_info,
     median,
     peak_memory,
-    pick_device,
     save_figure,
-    set_allocator,
+    start_benchmark,
     table_suffix,
     time_interleaved,
     write_table,
@@ -267,11 +265,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     args = parse_args(argv)
-    device = pick_device(args.device)
-    info = machine_info(device)
-    if device.type == "cpu":
-        info["malloc"] = set_allocator(args.default_malloc)
-    print(", ".join(f"{key}: {value}" for key, value in info.items()), flush=True)
+    device, info = start_benchmark(args.device, args.default_malloc)
     rows = [row for frames in args.frames for row in bench_vision(args, frames, device)]
     rows += bench_multimodal(args, max(args.frames), device)
     suffix = table_suffix(device)

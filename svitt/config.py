@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 import yaml
 
 from svitt.errors import MissingFileError, UserError
+from svitt.models.archs import ARCH_NAMES, ARCHS
 
 if TYPE_CHECKING:
     from svitt.data.tokenizer import TextTokenizer
@@ -138,14 +139,22 @@ class TextConfig:
             )
 
 
+# Name lists spelled here alone: the token orders of svitt/models/order.py, the frame orders of
+# svitt/data/video.py and the attention kinds; the models, the data pipeline and the planner
+# (variants, probes, sparsity rows) read them.
 TokenOrder = Literal["raster", "morton", "hilbert"]
+TOKEN_ORDERS: tuple[TokenOrder, ...] = typing.get_args(TokenOrder)
+FrameOrder = Literal["normal", "reverse", "shuffle"]
+FRAME_ORDERS: tuple[FrameOrder, ...] = typing.get_args(FrameOrder)
+Attention = Literal["dense", "sparse"]  # `sparse`: block-sparse, supplement A.1
+ATTENTIONS: tuple[Attention, ...] = typing.get_args(Attention)
 
 
 @dataclass(frozen=True)
 class SparsityConfig:
     """Edge sparsity (block attention) and node sparsity (token pruning); supplement A.1."""
 
-    attention: Literal["dense", "sparse"] = "dense"
+    attention: Attention = "dense"
     block_size: int = 56  # G
     local_blocks: int = 1  # K_l, odd: a centred window
     random_blocks: int = 3  # K_r
@@ -202,10 +211,8 @@ class WeightsConfig:
     text: str | None = None  # a HF directory in bert-base-uncased layout
 
 
-Arch = Literal["svitt", "frozen", "singularity", "singularity_temporal"]
-# Archs that encode every frame alone (no space-time attention, hence no space-time sparsity
-# and no temporal inflation of the visual encoder).
-FRAME_LEVEL_ARCHS: tuple[str, ...] = ("singularity", "singularity_temporal")
+# The schema type of `model.arch`: the names of svitt.models.archs.ARCHS.
+Arch = Literal[ARCH_NAMES]
 
 
 @dataclass(frozen=True)
@@ -252,7 +259,7 @@ class ModelConfig:
 
     @property
     def frame_level(self) -> bool:
-        return self.arch in FRAME_LEVEL_ARCHS
+        return ARCHS[self.arch].frame_level
 
 
 @dataclass(frozen=True)
@@ -325,7 +332,7 @@ class EvalConfig:
     # clips of T frames (the release's num_frames_test = 3T); their scores are combined.
     num_clips: int = 1
     clip_ensemble: ClipEnsemble = "lse"  # how VTM / QA scores of the clips combine
-    frame_order: Literal["normal", "reverse", "shuffle"] = "normal"
+    frame_order: FrameOrder = "normal"
     visual_keep_rate: float | None = None  # overrides sparsity.visual_keep_rate (Figure A1)
     token_order: TokenOrder | None = None
     num_frames: int | None = None

@@ -20,6 +20,10 @@ import math
 from dataclasses import dataclass
 
 from svitt.config import ModelConfig, SparsityConfig
+from svitt.models.archs import ARCHS
+
+# The archs with a space-time graph to count (the frame-level ones encode frames separately).
+SPACE_TIME_ARCHS = tuple(name for name, arch in ARCHS.items() if not arch.frame_level)
 
 
 def keep_count(num_tokens: int, keep_rate: float) -> int:
@@ -77,7 +81,7 @@ def count_edges(model: ModelConfig, text_len: int) -> EdgeCount:
     if model.frame_level:
         raise ValueError(
             f"count_edges: model.arch {model.arch!r} encodes frames separately and has no "
-            "space-time graph to count; allowed: 'svitt', 'frozen'"
+            f"space-time graph to count; allowed: {', '.join(map(repr, SPACE_TIME_ARCHS))}"
         )
     if text_len < 1:
         raise ValueError(f"count_edges: text_len must be >= 1, got {text_len}")
@@ -89,8 +93,7 @@ def count_edges(model: ModelConfig, text_len: int) -> EdgeCount:
     final = visual[-1]
     if model.vision.depth - 1 in sp.visual_drop_layers:
         final = keep_count(final, sp.visual_keep_rate)
-    # Frozen-in-Time is two-tower: no multimodal layers.
-    cross_depth = model.text.cross_depth if model.arch == "svitt" else 0
+    cross_depth = model.text.cross_depth if ARCHS[model.arch].multimodal else 0
     multimodal = tokens_per_layer(final, cross_depth, sp.cross_keep_rate, sp.cross_drop_layers)
     dense_visual = model.vision.depth * num_patches * (num_patches + 1)
     return EdgeCount(

@@ -1,10 +1,14 @@
-"""Fixtures shared by the test modules: the synthetic "ci" benchmark (written once per
-session, read-only for the tests) and tiny-model run configs on it."""
+"""Fixtures and helpers shared by the test modules: the synthetic "ci" benchmark (written
+once per session, read-only for the tests) and tiny-model run configs on it; the tiny model
+shapes of the model tests (`from conftest import tiny_text, tiny_vision`); one torch thread;
+whether this machine may host the one-node SLURM cluster."""
 
 from __future__ import annotations
 
+import os
 import shutil
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +16,50 @@ import pytest
 import yaml
 
 from svitt.cli import main
+from svitt.config import TextConfig, VisionConfig
+
+VOCAB = 40  # the tiny models' vocabulary; ids 0-3 are the special tokens
+SPECIAL_TOKENS = {"pad_token_id": 0, "cls_token_id": 1, "sep_token_id": 2, "mask_token_id": 3}
+
+
+def tiny_vision(**changes: Any) -> VisionConfig:
+    """A 4-frame clip of 16 px frames in 8 px patches (16 tokens), 2 layers of width 32."""
+    shape = {"image_size": 16, "patch_size": 8, "num_frames": 4, "dim": 32, "depth": 2, "heads": 4}
+    return VisionConfig(**{**shape, **changes})
+
+
+def tiny_text(**changes: Any) -> TextConfig:
+    """A 3-layer BERT of width 32 over VOCAB ids, the last 2 layers multimodal."""
+    shape = {"vocab_size": VOCAB, "dim": 32, "depth": 3, "cross_depth": 2, "heads": 4}
+    shape |= {"mlp_dim": 64, "max_positions": 16, **SPECIAL_TOKENS}
+    return TextConfig(**{**shape, **changes})
+
+
+@pytest.fixture
+def single_thread() -> Iterator[None]:
+    """Tiny shapes run fastest on one thread; two contend badly on a busy 2-core machine."""
+    import torch  # here, not at the top: the workflow tests never load torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def cluster_skip_reason() -> str | None:
+    """Why this machine may not host the one-node SLURM cluster of tests/cluster/ (None: it
+    may)."""
+    if os.environ.get("SVITT_SKIP_CLUSTER"):
+        return "SVITT_SKIP_CLUSTER is set"
+    if not sys.platform.startswith("linux") or os.geteuid() != 0:
+        return "the SLURM tests need root on Linux (they start munged, slurmctld, slurmd)"
+    if not shutil.which("slurmctld") and not shutil.which("apt-get"):
+        return "SLURM is not installed and there is no apt-get to install it"
+    conf = Path("/etc/slurm/slurm.conf")
+    if conf.exists() and not conf.is_symlink():
+        return f"{conf} exists: a real SLURM installation, which the test leaves alone"
+    return None
+
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -12,6 +12,8 @@ import yaml
 
 from svitt.cli import main
 from svitt.errors import MissingFileError, UnreadableFileError, UserError
+from svitt.plan.runs import Profile, Run
+from svitt.plan.specs import SpecError
 from svitt.report.claims import (
     SKIPPED,
     check_claims,
@@ -22,8 +24,6 @@ from svitt.report.claims import (
 )
 from svitt.report.intervals import Interval
 from svitt.report.outcomes import metric_outcomes, outcomes_path
-from svitt.report.runs import Profile, Run
-from svitt.report.specs import SpecError
 
 REPO = Path(__file__).resolve().parents[1]
 QUERIES = 40
@@ -226,11 +226,7 @@ def test_metric_outcomes_per_query(tmp_path: Path) -> None:
     assert list(metric_outcomes(path, "r10")) == [1.0, 1.0, 1.0, 0.0]
     assert metric_outcomes(path, "mean_recall") == pytest.approx([1.0, 2 / 3, 1 / 3, 0.0])
     qa = tmp_path / "qa.json"
-    qa.write_text(
-        json.dumps(
-            {"task": "qa", "question_id": [7, 8], "correct": [1, 0]}
-        )
-    )
+    qa.write_text(json.dumps({"task": "qa", "question_id": [7, 8], "correct": [1, 0]}))
     assert list(metric_outcomes(qa, "accuracy")) == [1.0, 0.0]
     with pytest.raises(SpecError, match=r"qa.json: no metric 'r1' in qa outcomes; allowed"):
         metric_outcomes(qa, "r1")

@@ -30,7 +30,7 @@ from svitt.engine.tracking import TrackingError
 from svitt.errors import MissingFileError, OutputExistsError, UnreadableFileError, UserError
 from svitt.models.release import CheckpointFormatError
 from svitt.models.weights import WeightsError
-from svitt.report.specs import SpecError
+from svitt.plan.specs import SpecError
 
 REPO = Path(__file__).resolve().parents[1]
 

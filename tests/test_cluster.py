@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import cluster_skip_reason
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = ROOT / "tests" / "cluster" / "cluster.sh"
@@ -78,19 +78,6 @@ def test_profile_cpu_only_cluster():
 
 TORCHRUN = "torchrun --standalone --nnodes=1 --nproc-per-node"
 SBATCH = ["sbatch", "--wait", "--parsable", "--mem=100", "--cpus-per-task=1", "-t", "2"]
-
-
-def cluster_skip_reason() -> str | None:
-    if os.environ.get("SVITT_SKIP_CLUSTER"):
-        return "SVITT_SKIP_CLUSTER is set"
-    if not sys.platform.startswith("linux") or os.geteuid() != 0:
-        return "needs root on Linux (it starts munged, slurmctld, slurmd)"
-    if not shutil.which("slurmctld") and not shutil.which("apt-get"):
-        return "SLURM is not installed and there is no apt-get to install it"
-    conf = Path("/etc/slurm/slurm.conf")
-    if conf.exists() and not conf.is_symlink():
-        return f"{conf} exists: a real SLURM installation, which the test leaves alone"
-    return None
 
 
 def daemon_pids(state: Path) -> list[int]:

@@ -14,24 +14,15 @@ GLOBAL_BATCH = 6
 
 
 def _tiny_model():
-    from svitt.config import ModelConfig, SparsityConfig, TextConfig, VisionConfig
+    from conftest import tiny_text, tiny_vision
+
+    from svitt.config import ModelConfig, SparsityConfig
     from svitt.models.factory import create_model
 
     torch.manual_seed(0)
     cfg = ModelConfig(
-        vision=VisionConfig(image_size=16, patch_size=8, num_frames=2, dim=32, depth=2, heads=2),
-        text=TextConfig(
-            vocab_size=64,
-            dim=32,
-            depth=2,
-            cross_depth=1,
-            heads=2,
-            mlp_dim=64,
-            max_positions=16,
-            cls_token_id=1,
-            sep_token_id=2,
-            mask_token_id=3,
-        ),
+        vision=tiny_vision(num_frames=2, heads=2),
+        text=tiny_text(vocab_size=64, depth=2, cross_depth=1, heads=2),
         sparsity=SparsityConfig(block_size=2, visual_drop_layers=(), cross_drop_layers=()),
         embed_dim=16,
         loss_weights={"vtc": 1.0},

@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import cluster_skip_reason
 
 # Several full runs of the CI-sized DAG: run by .ci/run after `make test` (`make test-faults`).
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
@@ -206,19 +207,6 @@ def test_sigkill_mid_training_then_rerun_resumes(reference, tmp_path):
     steps = [int(step) for step in RESUMED.findall(log)]
     assert steps and steps[-1] > 0, f"{victim} did not resume from last.pt:\n{log[-2000:]}"
     assert_same_tables(tables_dir(reference), tables_dir(workdir))
-
-
-def cluster_skip_reason() -> str | None:
-    if os.environ.get("SVITT_SKIP_CLUSTER"):
-        return "SVITT_SKIP_CLUSTER is set"
-    if not sys.platform.startswith("linux") or os.geteuid() != 0:
-        return "the SLURM test needs root on Linux (it starts munged, slurmctld, slurmd)"
-    if not shutil.which("slurmctld") and not shutil.which("apt-get"):
-        return "SLURM is not installed and there is no apt-get to install it"
-    conf = Path("/etc/slurm/slurm.conf")
-    if conf.exists() and not conf.is_symlink():
-        return f"{conf} exists: a real SLURM installation, which the test leaves alone"
-    return None
 
 
 def test_slurm_cluster_survives_sigkill_and_matches_local_run(reference):

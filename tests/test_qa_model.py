@@ -6,35 +6,24 @@ import dataclasses
 
 import pytest
 import torch
+from conftest import SPECIAL_TOKENS, VOCAB, tiny_text, tiny_vision
 from transformers import BertConfig, BertForMaskedLM
 
-from svitt.config import ConfigError, ModelConfig, SparsityConfig, TextConfig, VisionConfig
+from svitt.config import ConfigError, ModelConfig, SparsityConfig
 from svitt.models.factory import create_model, create_qa_model
 from svitt.models.qa import VideoQA
 from svitt.models.weights import WeightsError
 
-VOCAB = 40
-CLS, SEP = 1, 2
+CLS, SEP = SPECIAL_TOKENS["cls_token_id"], SPECIAL_TOKENS["sep_token_id"]
 
-
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny shapes run fastest on one thread; two contend badly on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def small_config(arch: str = "svitt") -> ModelConfig:
     return ModelConfig(
         arch=arch,
-        vision=VisionConfig(image_size=16, patch_size=8, num_frames=2, dim=32, depth=2, heads=4),
-        text=TextConfig(
-            vocab_size=VOCAB, dim=32, depth=3, cross_depth=2, heads=4, mlp_dim=64,
-            max_positions=16, pad_token_id=0, cls_token_id=CLS, sep_token_id=SEP,
-            mask_token_id=3,
-        ),
+        vision=tiny_vision(num_frames=2),
+        text=tiny_text(),
         sparsity=SparsityConfig(cross_keep_rate=0.5, cross_drop_layers=(0,)),
         embed_dim=16,
         qa_decoder_depth=2,

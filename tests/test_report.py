@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from svitt.config import load_config
-from svitt.report.runs import Profile, Run, Variant, figure_a1_runs, table_rows, table_runs
-from svitt.report.specs import SpecError, load_sparsity_table, load_spec
+from svitt.plan.runs import Profile, Run, Variant, figure_a1_runs, table_rows, table_runs
+from svitt.plan.specs import SpecError, load_sparsity_table, load_spec
 from svitt.report.tables import (
     REPORTED,
     _with_exceptions,

@@ -8,8 +8,9 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import VOCAB, tiny_text, tiny_vision
 
-from svitt.config import ConfigError, ModelConfig, SparsityConfig, TextConfig, VisionConfig
+from svitt.config import ConfigError, ModelConfig, SparsityConfig
 from svitt.models.factory import create_model, tiny_model_config
 from svitt.models.svitt import (
     SViTT,
@@ -21,25 +22,13 @@ from svitt.models.svitt import (
 )
 from svitt.models.text import IGNORE_INDEX
 
-VOCAB = 40
-
-
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny shapes run fastest on one thread; two contend badly on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def small_config(**changes) -> ModelConfig:
     cfg = ModelConfig(
-        vision=VisionConfig(image_size=16, patch_size=8, num_frames=4, dim=32, depth=2, heads=4),
-        text=TextConfig(
-            vocab_size=VOCAB, dim=24, depth=3, cross_depth=2, heads=4, mlp_dim=48,
-            max_positions=16, pad_token_id=0, cls_token_id=1, sep_token_id=2, mask_token_id=3,
-        ),
+        vision=tiny_vision(),
+        text=tiny_text(dim=24, mlp_dim=48),
         sparsity=SparsityConfig(
             visual_keep_rate=0.75, visual_drop_layers=(0,), cross_keep_rate=0.5,
             cross_drop_layers=(0,),

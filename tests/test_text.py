@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import SPECIAL_TOKENS, VOCAB, tiny_text
 from torch import nn
 from transformers import BertConfig, BertForPreTraining, BertModel
 from transformers.models.bert import modeling_bert as hf
@@ -13,24 +14,11 @@ from svitt.config import ConfigError, SparsityConfig, TextConfig
 from svitt.models.bert import BertEmbeddings, BertLayer, BertOnlyMLMHead
 from svitt.models.text import TextEncoder, additive_mask, load_text_weights
 
-VOCAB = 40
-SPECIALS = {"pad_token_id": 0, "cls_token_id": 1, "sep_token_id": 2, "mask_token_id": 3}
-
-
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny shapes run fastest on one thread; two contend badly on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def text_config(depth: int = 3, cross_depth: int = 1, dim: int = 32) -> TextConfig:
-    return TextConfig(
-        vocab_size=VOCAB, dim=dim, depth=depth, cross_depth=cross_depth, heads=4,
-        mlp_dim=2 * dim, max_positions=16, **SPECIALS,
-    )  # fmt: skip
+    return tiny_text(depth=depth, cross_depth=cross_depth, dim=dim, mlp_dim=2 * dim)
 
 
 def save_tiny_bert(path, layers: int = 3, positions: int = 24) -> BertModel:
@@ -46,10 +34,10 @@ def save_tiny_bert(path, layers: int = 3, positions: int = 24) -> BertModel:
 
 def text_batch(batch: int = 2, length: int = 7) -> tuple[torch.Tensor, torch.Tensor]:
     ids = torch.randint(4, VOCAB, (batch, length))
-    ids[:, 0] = SPECIALS["cls_token_id"]
+    ids[:, 0] = SPECIAL_TOKENS["cls_token_id"]
     mask = torch.ones(batch, length, dtype=torch.long)
     mask[1, 5:] = 0
-    ids[1, 5:] = SPECIALS["pad_token_id"]
+    ids[1, 5:] = SPECIAL_TOKENS["pad_token_id"]
     return ids, mask
 
 
@@ -227,7 +215,7 @@ def test_text_layers_match_transformers():
     bert = randomise(BertModel(hf_config(), add_pooling_layer=False))
     ours = nn.ModuleDict(
         {
-            "embeddings": BertEmbeddings(VOCAB, 32, 16, pad_token_id=0),
+            "embeddings": BertEmbeddings(text_config()),
             "layers": nn.ModuleList(BertLayer(32, 4, 64) for _ in range(2)),
         }
     )

@@ -7,9 +7,10 @@ import dataclasses
 
 import pytest
 import torch
+from conftest import VOCAB, tiny_text, tiny_vision
 from transformers import BertConfig, BertModel
 
-from svitt.config import ConfigError, ModelConfig, SparsityConfig, TextConfig, VisionConfig
+from svitt.config import ConfigError, ModelConfig, SparsityConfig
 from svitt.models.factory import (
     create_model,
     paper_model_config,
@@ -21,29 +22,17 @@ from svitt.models.svitt import SViTT
 from svitt.models.vision import VisionTransformer
 from svitt.sparsity import count_edges
 
-VOCAB = 40
-
-
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny shapes run fastest on one thread; two contend badly on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def small_config(arch: str = "svitt", **sparsity) -> ModelConfig:
-    vision = VisionConfig(image_size=16, patch_size=8, num_frames=4, dim=32, depth=2, heads=4)
+    vision = tiny_vision()
     if arch == "frozen":
         vision = dataclasses.replace(vision, abs_pos_emb=True, rel_pos_bias=False)
     return ModelConfig(
         arch=arch,
         vision=vision,
-        text=TextConfig(
-            vocab_size=VOCAB, dim=32, depth=3, cross_depth=2, heads=4, mlp_dim=64,
-            max_positions=16, pad_token_id=0, cls_token_id=1, sep_token_id=2, mask_token_id=3,
-        ),
+        text=tiny_text(),
         sparsity=SparsityConfig(visual_drop_layers=(0,), cross_drop_layers=(0,), **sparsity),
         embed_dim=16,
     )  # fmt: skip

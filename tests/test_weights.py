@@ -4,9 +4,10 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
+from conftest import tiny_text
 from transformers import BeitConfig, BeitModel, BertConfig, BertModel
 
-from svitt.config import ConfigError, SparsityConfig, TextConfig, VisionConfig
+from svitt.config import ConfigError, SparsityConfig, VisionConfig
 from svitt.models.text import TextEncoder, load_text_weights
 from svitt.models.vision import VisionTransformer
 from svitt.models.weights import load_vision_weights
@@ -33,6 +34,24 @@ def pixels(frames=1, batch=2):
     )
 
 
+def tiny_timm(name, **changes):
+    """A timm model of BEIT's shape: 16 px images, 4 px patches, 2 layers of width 16."""
+    return timm.create_model(
+        name, pretrained=False, img_size=16, patch_size=4, embed_dim=16, depth=2, num_heads=2,
+        **changes,
+    )  # fmt: skip
+
+
+def tiny_hf_beit(**changes):
+    """A HF BEiT of BEIT's shape with relative position bias and layer scale."""
+    cfg = BeitConfig(
+        hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
+        image_size=16, patch_size=4, use_relative_position_bias=True, layer_scale_init_value=0.1,
+        **changes,
+    )  # fmt: skip
+    return randomise(BeitModel(cfg))
+
+
 def ours(cfg, path, fmt):
     model = VisionTransformer(cfg, SparsityConfig()).double().eval()
     load_vision_weights(model, path, fmt)
@@ -40,18 +59,7 @@ def ours(cfg, path, fmt):
 
 
 def test_timm_beit_matches_timm_outputs(tmp_path):
-    ref = timm.create_model(
-        "beit_base_patch16_224",
-        pretrained=False,
-        img_size=16,
-        patch_size=4,
-        embed_dim=16,
-        depth=2,
-        num_heads=2,
-        mlp_ratio=2.0,
-        num_classes=3,
-        global_pool="token",
-    )
+    ref = tiny_timm("beit_base_patch16_224", mlp_ratio=2.0, num_classes=3, global_pool="token")
     ref = randomise(ref).double().eval()
     path = tmp_path / "beit.pth"
     torch.save(ref.state_dict(), path)
@@ -65,19 +73,7 @@ def test_timm_beit_matches_timm_outputs(tmp_path):
 
 
 def hf_beit():
-    cfg = BeitConfig(
-        hidden_size=16,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=32,
-        image_size=16,
-        patch_size=4,
-        layer_norm_eps=1e-6,
-        use_relative_position_bias=True,
-        use_mean_pooling=False,
-        layer_scale_init_value=0.1,
-    )
-    return randomise(BeitModel(cfg)).double().eval()
+    return tiny_hf_beit(layer_norm_eps=1e-6, use_mean_pooling=False).double().eval()
 
 
 @pytest.mark.parametrize("layout", ["save_pretrained", "state_dict"])
@@ -95,18 +91,7 @@ def test_hf_beit_matches_hf_outputs(tmp_path, layout):
 
 
 def test_timm_vit_matches_timm_outputs(tmp_path):
-    ref = timm.create_model(
-        "vit_base_patch16_224",
-        pretrained=False,
-        img_size=16,
-        patch_size=4,
-        embed_dim=16,
-        depth=2,
-        num_heads=2,
-        mlp_ratio=2.0,
-        num_classes=0,
-        init_values=0.1,
-    )
+    ref = tiny_timm("vit_base_patch16_224", mlp_ratio=2.0, num_classes=0, init_values=0.1)
     ref = randomise(ref).double().eval()
     path = tmp_path / "vit.pth"
     torch.save({"model": ref.state_dict()}, path)
@@ -116,19 +101,7 @@ def test_timm_vit_matches_timm_outputs(tmp_path):
 
 
 def test_resizes_grid_and_inflates_frames(tmp_path):
-    ref = randomise(
-        timm.create_model(
-            "beit_base_patch16_224",
-            pretrained=False,
-            img_size=16,
-            patch_size=4,
-            embed_dim=16,
-            depth=2,
-            num_heads=2,
-            mlp_ratio=2.0,
-            num_classes=0,
-        )
-    )
+    ref = randomise(tiny_timm("beit_base_patch16_224", mlp_ratio=2.0, num_classes=0))
     path = tmp_path / "beit.pth"
     torch.save(ref.state_dict(), path)
     cfg = dataclasses.replace(BEIT, image_size=24, num_frames=2)  # 6x6 grid, 2 frames
@@ -144,16 +117,7 @@ def test_resizes_grid_and_inflates_frames(tmp_path):
 
 
 def test_mismatch_names_the_file_and_the_key(tmp_path):
-    ref = timm.create_model(
-        "vit_base_patch16_224",
-        pretrained=False,
-        img_size=16,
-        patch_size=4,
-        embed_dim=16,
-        depth=2,
-        num_heads=2,
-        num_classes=0,
-    )
+    ref = tiny_timm("vit_base_patch16_224", num_classes=0)
     path = tmp_path / "vit.pth"
     torch.save(ref.state_dict(), path)
     model = VisionTransformer(BEIT, SparsityConfig())
@@ -167,12 +131,7 @@ def test_mismatch_names_the_file_and_the_key(tmp_path):
 
 def save_hf_beit_release_style(path, eps=1e-12):
     """A HF BEiT directory like the release's BEiT-B ft22k: eps 1e-12, mean pooling, float32."""
-    cfg = BeitConfig(
-        hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
-        image_size=16, patch_size=4, layer_norm_eps=eps, use_relative_position_bias=True,
-        use_mean_pooling=True, layer_scale_init_value=0.1,
-    )  # fmt: skip
-    ref = randomise(BeitModel(cfg)).eval()
+    ref = tiny_hf_beit(layer_norm_eps=eps, use_mean_pooling=True).eval()
     ref.save_pretrained(path)
     return ref
 
@@ -224,10 +183,7 @@ def test_bert_eps_mismatch_is_refused_naming_both_values(tmp_path):
         vocab_size=40, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
         intermediate_size=64, layer_norm_eps=1e-5,
     )).save_pretrained(tmp_path)  # fmt: skip
-    text = TextConfig(
-        vocab_size=40, dim=32, depth=2, cross_depth=0, heads=4, mlp_dim=64, max_positions=16,
-        pad_token_id=0, cls_token_id=1, sep_token_id=2, mask_token_id=3,
-    )  # fmt: skip
+    text = tiny_text(depth=2, cross_depth=0)
     encoder = TextEncoder(text, SparsityConfig(), video_dim=32)
     with pytest.raises(ConfigError, match=r"model\.text\.layer_norm_eps: got 1e-12.* has 1e-05"):
         load_text_weights(encoder, tmp_path)

@@ -17,6 +17,10 @@ import pandas as pd
 import pytest
 import yaml
 
+from svitt.data.annotations import REGISTRY
+from svitt.models.archs import ARCH_NAMES
+from svitt.plan.specs import load_datasets
+
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOW_FILES = ("Snakefile", "workflow", "ablations", ".test")
 TABLES = [f"A{i}" for i in range(1, 9)]
@@ -66,6 +70,14 @@ def planned_outputs(output: str) -> set[str]:
 
 PAPER = "--configfile=workflow/config/paper.yaml"
 CI = ("--configfile", "workflow/config/default.yaml", ".test/config.yaml")
+
+
+def test_schema_and_ablations_spell_the_library_names() -> None:
+    """The schema's dataset and arch names, and the dataset table's, are the library's."""
+    schema = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
+    assert schema["definitions"]["dataset_name"]["enum"] == list(REGISTRY)
+    assert list(schema["properties"]["archs"]["properties"]) == list(ARCH_NAMES)
+    assert set(load_datasets(REPO / "ablations")) <= set(REGISTRY)
 
 
 def test_schema_rejects_a_bad_key_in_one_line(workflow_copy: Path) -> None:

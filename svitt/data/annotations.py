@@ -24,12 +24,14 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from svitt.errors import MissingFileError, UserError
 
 Task = Literal["pretrain", "retrieval", "qa"]
 Split = Literal["train", "test"]
+TASKS: tuple[Task, ...] = get_args(Task)
+SPLITS: tuple[Split, ...] = get_args(Split)
 
 
 class AnnotationError(UserError, ValueError):
@@ -68,8 +70,6 @@ REGISTRY: dict[str, DatasetSpec] = {
 
 
 DECLARATION = "dataset.json"
-TASKS: tuple[Task, ...] = ("pretrain", "retrieval", "qa")
-SPLITS: tuple[Split, ...] = ("train", "test")
 
 
 def find_spec(name: str, root: str | Path | None) -> DatasetSpec | None:

@@ -18,6 +18,7 @@ from typing import Any
 from tqdm import tqdm
 
 from svitt.data.annotations import (
+    SPLITS,
     DatasetError,
     Split,
     annotation_counts,
@@ -122,15 +123,13 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument(
         "--splits",
         nargs="+",
-        choices=["train", "test"],
-        default=None,
+        choices=SPLITS,
         help="splits to check, each must exist (default: every split with an annotation file)",
     )
     parser.add_argument(
         "--strict",
         nargs="*",
-        choices=["train", "test"],
-        default=None,
+        choices=SPLITS,
         metavar="SPLIT",
         help="exit with status 2 if a video of these splits is bad (no SPLIT: of any split); "
         "the DAG passes `--strict test`: evaluation refuses bad videos, training skips them",

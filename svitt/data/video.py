@@ -16,16 +16,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from svitt.config import FRAME_ORDERS, FrameOrder
 from svitt.data.video_files import Decoder, decode_decord
-
-FrameOrder = Literal["normal", "reverse", "shuffle"]
-FRAME_ORDERS: tuple[str, ...] = ("normal", "reverse", "shuffle")
 
 
 def sample_indices(

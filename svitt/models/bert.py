@@ -21,6 +21,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from svitt.config import TextConfig
+
 LAYER_NORM_EPS = 1e-12
 DROPOUT = 0.1  # BERT's hidden_dropout_prob and attention_probs_dropout_prob
 INITIALIZER_RANGE = 0.02
@@ -53,21 +55,13 @@ class BertEmbeddings(nn.Module):
     `token_type_ids` buffers are not persistent, so checkpoints never held them.
     """
 
-    def __init__(
-        self,
-        vocab_size: int,
-        dim: int,
-        max_positions: int,
-        pad_token_id: int,
-        dropout: float = DROPOUT,
-        eps: float = LAYER_NORM_EPS,
-    ) -> None:
+    def __init__(self, cfg: TextConfig) -> None:
         super().__init__()
-        self.word_embeddings = nn.Embedding(vocab_size, dim, padding_idx=pad_token_id)
-        self.position_embeddings = nn.Embedding(max_positions, dim)
-        self.token_type_embeddings = nn.Embedding(TYPE_VOCAB_SIZE, dim)
-        self.LayerNorm = nn.LayerNorm(dim, eps=eps)
-        self.dropout = nn.Dropout(dropout)
+        self.word_embeddings = nn.Embedding(cfg.vocab_size, cfg.dim, padding_idx=cfg.pad_token_id)
+        self.position_embeddings = nn.Embedding(cfg.max_positions, cfg.dim)
+        self.token_type_embeddings = nn.Embedding(TYPE_VOCAB_SIZE, cfg.dim)
+        self.LayerNorm = nn.LayerNorm(cfg.dim, eps=cfg.layer_norm_eps)
+        self.dropout = nn.Dropout(DROPOUT)
 
     def forward(self, ids: Tensor) -> Tensor:
         """Token ids [B, L] -> embeddings [B, L, D]."""
@@ -92,14 +86,12 @@ class Attention(nn.Module):
         *,
         context_dim: int | None = None,
         causal: bool = False,
-        dropout: float = DROPOUT,
     ) -> None:
         super().__init__()
         context_dim = dim if context_dim is None else context_dim
         self.heads = heads
         self.scale = (dim // heads) ** -0.5
         self.causal = causal
-        self.dropout = dropout
         self.query = nn.Linear(dim, dim)
         self.key = nn.Linear(context_dim, dim)
         self.value = nn.Linear(context_dim, dim)
@@ -125,7 +117,7 @@ class Attention(nn.Module):
             k,
             v,
             attn_mask=mask,
-            dropout_p=self.dropout if self.training else 0.0,
+            dropout_p=DROPOUT if self.training else 0.0,
             scale=self.scale,
         )
         return rearrange(out, "b h n d -> b n (h d)")
@@ -135,34 +127,24 @@ class ResidualNorm(nn.Module):
     """BERT's post-norm sublayer output, `LayerNorm(dropout(dense(x)) + residual)`
     (`BertSelfOutput` after attention, `BertOutput` after the feed-forward)."""
 
-    def __init__(
-        self, dim_in: int, dim: int, dropout: float = DROPOUT, eps: float = LAYER_NORM_EPS
-    ) -> None:
+    def __init__(self, dim_in: int, dim: int, eps: float = LAYER_NORM_EPS) -> None:
         super().__init__()
         self.dense = nn.Linear(dim_in, dim)
         self.LayerNorm = nn.LayerNorm(dim, eps=eps)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = nn.Dropout(DROPOUT)
 
     def forward(self, x: Tensor, residual: Tensor) -> Tensor:
         return self.LayerNorm(self.dropout(self.dense(x)) + residual)
 
 
 class AttentionBlock(nn.Module):
-    """Attention and its residual output (`BertAttention` names: `self.*`, `output.*`)."""
+    """`attention` and its residual output (`BertAttention` names: `self.*`, `output.*`)."""
 
-    def __init__(
-        self,
-        dim: int,
-        heads: int,
-        *,
-        context_dim: int | None = None,
-        causal: bool = False,
-        dropout: float = DROPOUT,
-        eps: float = LAYER_NORM_EPS,
-    ) -> None:
+    def __init__(self, attention: Attention, eps: float = LAYER_NORM_EPS) -> None:
         super().__init__()
-        self.self = Attention(dim, heads, context_dim=context_dim, causal=causal, dropout=dropout)
-        self.output = ResidualNorm(dim, dim, dropout, eps)
+        dim = attention.query.out_features
+        self.self = attention
+        self.output = ResidualNorm(dim, dim, eps)
 
     def forward(
         self, x: Tensor, mask: Tensor | None = None, context: Tensor | None = None
@@ -186,18 +168,17 @@ class BertLayer(nn.Module):
         *,
         video_dim: int | None = None,
         causal: bool = False,
-        dropout: float = DROPOUT,
         eps: float = LAYER_NORM_EPS,
     ) -> None:
         super().__init__()
-        self.attention = AttentionBlock(dim, heads, causal=causal, dropout=dropout, eps=eps)
+        self.attention = AttentionBlock(Attention(dim, heads, causal=causal), eps)
         self.crossattention = (
             None
             if video_dim is None
-            else AttentionBlock(dim, heads, context_dim=video_dim, dropout=dropout, eps=eps)
+            else AttentionBlock(Attention(dim, heads, context_dim=video_dim), eps)
         )
         self.intermediate = nn.Sequential(OrderedDict(dense=nn.Linear(dim, mlp_dim), act=nn.GELU()))
-        self.output = ResidualNorm(mlp_dim, dim, dropout, eps)
+        self.output = ResidualNorm(mlp_dim, dim, eps)
 
     def forward(
         self,

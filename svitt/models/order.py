@@ -11,9 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from svitt.config import TokenOrder
-
-ORDERS: tuple[str, ...] = ("raster", "morton", "hilbert")
+from svitt.config import TOKEN_ORDERS, TokenOrder
 
 
 def _grid_coords(grid: tuple[int, int, int]) -> Tensor:
@@ -77,7 +75,7 @@ def token_order(grid: tuple[int, int, int], kind: TokenOrder) -> Tensor:
         return morton_index(coords, _bits(grid)).argsort()
     if kind == "hilbert":
         return hilbert_index(coords, _bits(grid)).argsort()
-    raise ValueError(f"token_order: unknown order {kind!r}; allowed: {', '.join(ORDERS)}")
+    raise ValueError(f"token_order: unknown order {kind!r}; allowed: {', '.join(TOKEN_ORDERS)}")
 
 
 def inverse_permutation(perm: Tensor) -> Tensor:

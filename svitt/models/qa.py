@@ -53,13 +53,7 @@ class VideoQA(nn.Module):
         self.cfg = cfg
         self.encoder = ENCODERS[cfg.arch](cfg, pretraining_heads=False)
         text = cfg.text
-        self.decoder_embeddings = BertEmbeddings(
-            text.vocab_size,
-            text.dim,
-            text.max_positions,
-            text.pad_token_id,
-            eps=text.layer_norm_eps,
-        )
+        self.decoder_embeddings = BertEmbeddings(text)
         # Cross-attention reads the question-video states of `f_m`, at the text width.
         self.decoder_layers = nn.ModuleList(
             BertLayer(

@@ -35,7 +35,7 @@ from svitt.models.bert import (
     BertOnlyMLMHead,
     init_bert_weights,
 )
-from svitt.sparsity import keep_count
+from svitt.models.pruning import prune_tokens
 
 IGNORE_INDEX = -100  # label of tokens that carry no MLM / answer loss
 
@@ -47,11 +47,6 @@ def additive_mask(mask: Tensor, dtype: torch.dtype) -> Tensor:
     return torch.zeros(keep.shape, dtype=dtype, device=mask.device).masked_fill(
         ~keep, torch.finfo(dtype).min
     )
-
-
-def gather_tokens(tokens: Tensor, index: Tensor) -> Tensor:
-    """tokens [B, n, D], index [B, k] -> [B, k, D]."""
-    return tokens.gather(1, index[..., None].expand(-1, -1, tokens.shape[-1]))
 
 
 def text_cls_attention(attention: Attention, text: Tensor, video: Tensor) -> Tensor:
@@ -106,9 +101,7 @@ class TextEncoder(nn.Module):
                     f"{cfg.cross_depth})"
                 )
         eps = cfg.layer_norm_eps
-        self.embeddings = BertEmbeddings(
-            cfg.vocab_size, cfg.dim, cfg.max_positions, cfg.pad_token_id, eps=eps
-        )
+        self.embeddings = BertEmbeddings(cfg)
         self.layers = nn.ModuleList(
             BertLayer(
                 cfg.dim, cfg.heads, cfg.mlp_dim, video_dim=video_dim if cross else None, eps=eps
@@ -156,17 +149,11 @@ class TextEncoder(nn.Module):
             hidden = layer.crossattention(hidden, context=video)
             hidden = layer.feed_forward(hidden)
             if scores is not None:
-                video, positions = self._prune(video, positions, scores)
+                video, positions = prune_tokens(
+                    video, positions, scores, self.sparsity.cross_keep_rate
+                )
                 kept.append(positions)
         return FusionOutput(hidden=hidden, kept=kept, video_tokens_seen=seen)
-
-    def _prune(self, video: Tensor, positions: Tensor, scores: Tensor) -> tuple[Tensor, Tensor]:
-        """Keep the video [CLS] and the `ceil(q_m * n)` best-scored non-[CLS] tokens."""
-        count = keep_count(scores.shape[1], self.sparsity.cross_keep_rate)
-        # Sorted, so kept tokens stay in sequence order (cross-attention ignores order anyway).
-        index = scores.topk(count, dim=1).indices.sort(dim=1).values
-        video = torch.cat([video[:, :1], gather_tokens(video[:, 1:], index)], dim=1)
-        return video, positions.gather(1, index)
 
     def mlm_logits(self, hidden: Tensor) -> Tensor:
         """Multimodal states [..., Dt] -> vocabulary logits [..., V]."""

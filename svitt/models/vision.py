@@ -26,7 +26,7 @@ from svitt.models.attention import (
     sparse_attention,
 )
 from svitt.models.order import token_order
-from svitt.sparsity import keep_count
+from svitt.models.pruning import prune_tokens
 
 
 @dataclass
@@ -297,12 +297,8 @@ class VisionTransformer(nn.Module):
             out.edges += edges
             if layer in sp.visual_drop_layers and sp.visual_keep_rate < 1.0:
                 scores = self._keep_scores(cls_attn.detach(), layer)
-                count = keep_count(scores.shape[1], sp.visual_keep_rate)
-                keep = scores.topk(count, dim=1).indices.sort(dim=1).values
                 before = positions.expand(batch, -1)
-                positions = before.gather(1, keep)
-                index = keep[..., None].expand(-1, -1, x.shape[-1])
-                x = torch.cat([x[:, :1], x[:, 1:].gather(1, index)], dim=1)
+                x, positions = prune_tokens(x, before, scores, sp.visual_keep_rate)
                 out.scores.append(scores)
                 out.scored_positions.append(before)
                 out.kept.append(positions)

@@ -1,7 +1,7 @@
 """`svitt claims --profile PROFILE.yaml --out-dir DIR`: the supplement's claims, checked.
 
 Each row of `ablations/claims.tsv` is one qualitative claim of the supplement: where it is made,
-the statement, the metric, and a `difference` of runs (planner paths, `svitt.report.runs`)
+the statement, the metric, and a `difference` of runs (planner paths, `svitt.plan.runs`)
 with a `relation` to 0:
 
     A8-hybrid-anet_qa  Table A8  Shuffled frames hurt ...  accuracy
@@ -36,10 +36,10 @@ from tabulate import tabulate
 
 from svitt.errors import UserError
 from svitt.files import atomic_write_text
+from svitt.plan.runs import RESULTS_TABLES, Profile, Run, figure_a1_runs, table_runs
+from svitt.plan.specs import SpecError, _read_tsv, load_spec
 from svitt.report.intervals import Interval, paired_sum
 from svitt.report.outcomes import METRICS, outcomes_path, read_outcomes
-from svitt.report.runs import RESULTS_TABLES, Profile, Run, figure_a1_runs, table_runs
-from svitt.report.specs import SpecError, _read_tsv, load_spec
 from svitt.report.tables import add_profile_argument, load_profile
 
 SPEC = "claims.tsv"

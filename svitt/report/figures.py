@@ -23,9 +23,9 @@ import numpy as np
 
 from svitt.config import load_config
 from svitt.files import atomic_write
+from svitt.plan.runs import figure_a1_runs
+from svitt.plan.specs import load_datasets, load_spec
 from svitt.report.intervals import Interval
-from svitt.report.runs import figure_a1_runs
-from svitt.report.specs import load_datasets, load_spec
 from svitt.report.tables import load_profile, run_interval
 
 DIMMED = 0.25  # brightness of pruned patches

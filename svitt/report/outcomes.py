@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from svitt.errors import MissingFileError, UnreadableFileError
+from svitt.plan.runs import Profile, Run
+from svitt.plan.specs import SpecError
 from svitt.report.intervals import mean_recall_outcomes, recall_outcomes
-from svitt.report.runs import Profile, Run
-from svitt.report.specs import SpecError
 
 RECALL_KS = (1, 5, 10)
 RETRIEVAL_METRICS = {"r1": 1, "r5": 5, "r10": 10}  # metric -> k

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from svitt.config import RunConfig, load_config
-from svitt.report.runs import Profile, Run
+from svitt.plan.runs import Profile, Run
 
 
 def _losses(cfg: RunConfig, paper: RunConfig) -> list[str]:

@@ -25,12 +25,12 @@ from tabulate import tabulate
 from svitt.config import RunConfig, load_config
 from svitt.errors import MissingFileError
 from svitt.files import atomic_write_text
+from svitt.plan.runs import ALL_TABLES, Profile, Run, TableRow, Variant, table_rows
+from svitt.plan.specs import SpecError, load_datasets, load_spec
 from svitt.report.baselines import QA_BASELINES, qa_reference, retrieval_reference
 from svitt.report.intervals import Interval, mean_interval, paired_difference
 from svitt.report.outcomes import RECALL_KS, metric_outcomes, outcomes_path
-from svitt.report.runs import ALL_TABLES, Profile, Run, TableRow, Variant, table_rows
 from svitt.report.settings import non_paper_settings
-from svitt.report.specs import SpecError, load_datasets, load_spec
 from svitt.sparsity import count_edges
 
 REPORTED = "reported"
@@ -451,25 +451,24 @@ def _plain(frame: pd.DataFrame) -> tuple[list[str], list[list[Any]]]:
     return list(frame.columns), [[_cell(v) for v in row] for row in frame.itertuples(index=False)]
 
 
-def to_markdown(table: Table) -> str:
+def _body(table: Table, tablefmt: str) -> str:
+    """The table's rows under its column names, cells as written (no number re-formatting)."""
     headers, cells = _plain(table.frame)
-    body = tabulate(
+    return tabulate(
         cells,
         headers=headers,
-        tablefmt="pipe",
+        tablefmt=tablefmt,
         disable_numparse=True,
     )
+
+
+def to_markdown(table: Table) -> str:
+    body = _body(table, "pipe")
     return f"**Table {table.name}. {table.title}.** {table.caption}\n\n{body}\n\n{table.note}\n"
 
 
 def to_latex(table: Table) -> str:
-    headers, cells = _plain(table.frame)
-    body = tabulate(
-        cells,
-        headers=headers,
-        tablefmt="latex_booktabs",
-        disable_numparse=True,
-    )
+    body = _body(table, "latex_booktabs")
     caption = f"\\textbf{{{table.title}.}} {table.caption} {table.note}".replace("_", "\\_")
     caption = caption.replace("`", "")
     return (

@@ -6,7 +6,8 @@ from pathlib import Path
 import jsonschema
 import yaml
 
-from svitt.report.runs import (
+from svitt.config import FRAME_ORDERS
+from svitt.plan.runs import (
     ALL_TABLES,
     RESULTS_TABLES,
     Profile,
@@ -15,9 +16,9 @@ from svitt.report.runs import (
     figure_a1_runs,
     table_runs,
 )
+from svitt.plan.specs import SpecError, load_datasets, load_spec
 from svitt.report.claims import claim_runs, load_claims
 from svitt.report.outcomes import outcomes_path
-from svitt.report.specs import SpecError, load_datasets, load_spec
 
 
 def typed_scalar(text):
@@ -96,7 +97,7 @@ wildcard_constraints:
     variant=r"[A-Za-z0-9_]+(-[A-Za-z0-9_]+)*",
     frames=r"[0-9]+",
     dataset=r"[a-z0-9_]+",
-    probe=r"normal|shuffle|reverse|keep[0-9.]+",
+    probe="|".join(FRAME_ORDERS) + r"|keep[0-9.]+",
     table=r"A[0-9]+",
 
 
@@ -216,7 +217,7 @@ def extra_runs():
 
 
 def run_config(task, **fixed):
-    """Params function: the run's resolved RunConfig as YAML text (svitt.report.runs).
+    """Params function: the run's resolved RunConfig as YAML text (svitt.plan.runs).
 
     Each stage writes it to the run's config.yaml in its own shell command (a separate
     config job would cost a Snakemake subprocess per run). As a param, a changed config reruns

@@ -19,23 +19,22 @@ then the run's own keys (frames, dataset, probe), each merged over the previous.
 from __future__ import annotations
 
 import re
-import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import reduce
 from pathlib import Path
 from typing import Any
 
-from svitt.config import FRAME_LEVEL_ARCHS, Arch, load_config, merge
-from svitt.report.specs import SparsityRow, SpecError, load_sparsity_table, load_spec
+from svitt.config import FRAME_ORDERS, TOKEN_ORDERS, load_config, merge
+from svitt.models.archs import ARCH_NAMES, ARCHS
+from svitt.plan.specs import SparsityRow, SpecError, load_sparsity_table, load_spec
 
-ARCHS: tuple[str, ...] = typing.get_args(Arch)
-ORDERS = ("raster", "morton", "hilbert")
 TASKS = ("pretrain", "zero-shot", "finetune-retrieval", "finetune-qa", "tokens")
 # The paper's G counts tokens of 14x14-patch frames; smaller frames scale G so that a block
 # still covers the same fraction of a frame.
 PAPER_FRAME_TOKENS = 196
-_PROBE = re.compile(r"^(normal|shuffle|reverse|keep(0(\.[0-9]+)?|1(\.0+)?))$")
+# A probe: the plain evaluation, another frame order, or a visual keep rate in (0, 1].
+_PROBE = re.compile(rf"^({'|'.join(FRAME_ORDERS)}|keep(0(\.[0-9]+)?|1(\.0+)?))$")
 
 
 @dataclass(frozen=True)
@@ -48,10 +47,12 @@ class Variant:
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
-            raise SpecError(f"variant: unknown arch {self.arch!r}; allowed: {list(ARCHS)}")
-        if self.order not in ORDERS:
-            raise SpecError(f"variant: unknown token order {self.order!r}; allowed: {list(ORDERS)}")
-        frame_level = self.arch in FRAME_LEVEL_ARCHS
+            raise SpecError(f"variant: unknown arch {self.arch!r}; allowed: {list(ARCH_NAMES)}")
+        if self.order not in TOKEN_ORDERS:
+            raise SpecError(
+                f"variant: unknown token order {self.order!r}; allowed: {list(TOKEN_ORDERS)}"
+            )
+        frame_level = ARCHS[self.arch].frame_level
         if frame_level != (self.sparsity is None):
             raise SpecError(
                 f"variant {self.arch!r}: "
@@ -65,7 +66,7 @@ class Variant:
     @classmethod
     def parse(cls, text: str) -> Variant:
         arch, *rest = text.split("-")
-        if arch in FRAME_LEVEL_ARCHS:
+        if arch in ARCHS and ARCHS[arch].frame_level:
             return cls(arch, None, *rest)
         if not rest or len(rest) > 2:
             raise SpecError(f"variant {text!r}: expected <arch>-<sparsity>[-<order>]")
@@ -87,7 +88,7 @@ class Run:
             raise SpecError(f"run {self.task}: a dataset is required except for pre-training")
         if self.probe is not None and not _PROBE.match(self.probe):
             raise SpecError(
-                f"run: bad probe {self.probe!r}; allowed: normal, shuffle, reverse, keep<q>"
+                f"run: bad probe {self.probe!r}; allowed: {', '.join(FRAME_ORDERS)}, keep<q>"
             )
         if self.task == "zero-shot" and self.probe is None:
             raise SpecError("run zero-shot: a probe is required (normal for the plain evaluation)")
@@ -177,7 +178,7 @@ class Profile:
         if run.task != "pretrain":
             return Run("pretrain", run.variant, run.frames)
         chain = self.chain
-        if run.variant.arch in FRAME_LEVEL_ARCHS:
+        if ARCHS[run.variant.arch].frame_level:
             # Frame-level models have no temporal weights to grow: each clip length trains
             # from the start, like the Singularity* baselines.
             return None
@@ -198,8 +199,10 @@ class Profile:
         arch = row["arch"]
         order = row.get("order", "raster")
         if arch not in ARCHS:
-            raise SpecError(f"spec row {dict(row)}: unknown arch {arch!r}; allowed: {list(ARCHS)}")
-        if arch in FRAME_LEVEL_ARCHS:
+            raise SpecError(
+                f"spec row {dict(row)}: unknown arch {arch!r}; allowed: {list(ARCH_NAMES)}"
+            )
+        if ARCHS[arch].frame_level:
             return [Variant(arch, None, order)]
         names = list(self.sparsity) if row.get("sparsity") == "each" else [row["sparsity"]]
         for name in names:

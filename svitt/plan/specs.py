@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from svitt.config import ATTENTIONS, Attention
 from svitt.errors import UserError
 
 SPARSITY_COLUMNS = ("name", "label", "attention", "K_l", "K_r", "G", "q_m", "q_m_qa")
@@ -41,7 +42,7 @@ class SparsityRow:
 
     name: str
     label: str
-    attention: str  # dense | sparse
+    attention: Attention
     local_blocks: int  # K_l
     random_blocks: int  # K_r
     block_size: int  # G
@@ -137,10 +138,10 @@ def load_sparsity_table(path: str | Path) -> list[SparsityRow]:
         if name in {r.name for r in out}:
             raise SpecError(f"{path}: row {i + 1}, column 'name': duplicate name {name!r}")
         attention = row["attention"].strip()
-        if attention not in ("dense", "sparse"):
+        if attention not in ATTENTIONS:
             raise SpecError(
-                f"{path}: row {i + 1} ({name!r}), column 'attention': expected 'dense' or "
-                f"'sparse', got {attention!r}"
+                f"{path}: row {i + 1} ({name!r}), column 'attention': expected "
+                f"{' or '.join(map(repr, ATTENTIONS))}, got {attention!r}"
             )
         out.append(
             SparsityRow(
