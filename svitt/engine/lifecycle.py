@@ -89,7 +89,10 @@ def run_once(stage: Stage, args: argparse.Namespace) -> None:
     out: Path = args.out
     source = str(args.init_from) if args.init_from is not None else None
     identity = run_identity(stage.name, asdict(cfg), source)
-    if not args.force and finished_run(out, identity, needs_checkpoint=stage.trains):
+    finished = finished_run(
+        out, identity, needs_checkpoint=stage.trains, needs_outcomes=stage.evaluates
+    )
+    if not args.force and finished:
         print(f"svitt {stage.name}: {out} already holds this finished run; nothing to do")
         return
     resume_state = resume_from(out / LAST, identity, args.force) if stage.trains else None

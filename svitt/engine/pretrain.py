@@ -74,7 +74,7 @@ def pretrain(run: Run) -> Results | None:
     return Results(metrics)
 
 
-STAGE = Stage("pretrain", trains=True, check=check, work=pretrain)
+STAGE = Stage("pretrain", trains=True, evaluates=False, check=check, work=pretrain)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -85,6 +85,7 @@ class Stage:
 
     name: str  # the command, part of the run identity
     trains: bool  # resumes from last.pt and ends with checkpoint.pt
+    evaluates: bool  # ends with outcomes.json
     check: Callable[[RunConfig], None]  # input checks on the resolved config, before any work
     work: Callable[[Run], Results | None]  # None: training stopped early
 
@@ -205,7 +206,9 @@ def downstream_stages(
         return evaluation_metrics(run, build, evaluate)
 
     stages = (
-        Stage(f"finetune-{task}", trains=True, check=check_train, work=finetune),
-        Stage(f"eval-{task}", trains=False, check=check_test, work=evaluate_init_from),
+        Stage(f"finetune-{task}", trains=True, evaluates=True, check=check_train, work=finetune),
+        Stage(
+            f"eval-{task}", trains=False, evaluates=True, check=check_test, work=evaluate_init_from
+        ),
     )
     return {stage.name: stage for stage in stages}

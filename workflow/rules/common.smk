@@ -164,7 +164,9 @@ def figure_files():
 
 
 def table_metrics(wildcards):
-    return [PROFILE.metrics(run) for run in table_runs(PROFILE, wildcards.table)]
+    """metrics.json and outcomes.json (the intervals) of every run the table reads."""
+    runs = table_runs(PROFILE, wildcards.table)
+    return [f(PROFILE, run) for run in runs for f in (Profile.metrics, outcomes_path)]
 
 
 def claims_outcomes(wildcards):
@@ -173,7 +175,9 @@ def claims_outcomes(wildcards):
 
 
 def figure_a1_metrics(wildcards):
-    return [PROFILE.metrics(run) for run in figure_a1_runs(PROFILE, FIGURE_A1_SPEC)]
+    runs = figure_a1_runs(PROFILE, FIGURE_A1_SPEC)
+    # The error bars come from the per-query outcomes.
+    return [f(PROFILE, run) for run in runs for f in (Profile.metrics, outcomes_path)]
 
 
 def table_inputs(wildcards):
