@@ -337,7 +337,7 @@ def test_probe_table_delta_and_missing_metric(workdir: Path) -> None:
     for run in table_runs(profile, "A8"):
         shuffled = run.probe == "shuffle"
         if run.task == "finetune-retrieval":
-            write_retrieval_run(profile, run, (1, 2, 1) if shuffled else (3, 2, 1))
+            write_retrieval_run(profile, run, (1, 4, 1) if shuffled else (3, 2, 1))
         else:
             write_qa_run(profile, run, [1, 1, 0, 0] if shuffled else [1, 1, 1, 0])
     write_retrieval_split("ssv2_label")
