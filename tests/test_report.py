@@ -348,8 +348,10 @@ def test_probe_table_delta_and_missing_metric(workdir: Path) -> None:
     # N - S: R@1 20 points, R@5 and R@10 none -> mean recall 6.7; QA one question of four
     assert list(models["SSv2-Label Δ"]) == [6.7] * 3
     assert list(models["ActivityNet-QA Δ"]) == [25.0] * 3
-    assert (models["ActivityNet-QA Δ low"] <= 25.0).all()
-    assert (models["ActivityNet-QA Δ high"] == 25.0).all()  # only one question differs
+    # One question of four differs: a resample of the four holds it 0 (p = 0.32) to 4 times
+    # (p = 0.004), so the 95 % interval is [0, 75].
+    assert list(models["ActivityNet-QA Δ low"]) == [0.0] * 3
+    assert list(models["ActivityNet-QA Δ high"]) == [75.0] * 3
     baselines = ours[ours.method.str.endswith("(baseline)")].set_index("method")
     assert baselines.loc["chance (baseline)", "ActivityNet-QA N"] == 25.0  # 1 of 4 answers
     assert baselines.loc["chance (baseline)", "SSv2-Label N"] == 10.0 * (1 + 5 + 10) / 3
