@@ -354,7 +354,7 @@ def test_probe_table_delta_and_missing_metric(workdir: Path) -> None:
     assert list(models["ActivityNet-QA Δ high"]) == [75.0] * 3
     baselines = ours[ours.method.str.endswith("(baseline)")].set_index("method")
     assert baselines.loc["chance (baseline)", "ActivityNet-QA N"] == 25.0  # 1 of 4 answers
-    assert baselines.loc["chance (baseline)", "SSv2-Label N"] == 10.0 * (1 + 5 + 10) / 3
+    assert baselines.loc["chance (baseline)", "SSv2-Label N"] == 53.3  # (10 + 50 + 100) / 3
     # majority "three": test question 3 of 4; prior color -> red, count -> three: 1 and 3
     assert baselines.loc["majority answer (baseline)", "ActivityNet-QA N"] == 25.0
     assert baselines.loc["question-only prior (baseline)", "ActivityNet-QA N"] == 50.0
