@@ -274,10 +274,12 @@ def write_retrieval_split(name: str) -> None:
 
 
 def write_qa_split(name: str) -> None:
-    """Training: color -> red (2 of 3), count -> three (3 of 4); "three" is the majority."""
+    """Training: color -> red (2 of 3), count -> three (3 of 4), direction (temporal) -> left
+    (2 of 3); "three" is the majority. Test: four static questions, then one temporal."""
     train = [("color", "red"), ("color", "red"), ("color", "blue"), ("count", "two")]
-    train += [("count", "three")] * 3
+    train += [("count", "three")] * 3 + [("direction", "left")] * 2 + [("direction", "right")]
     test = [("color", "red"), ("color", "blue"), ("count", "three"), ("count", "two")]
+    test += [("direction", "left")]
     for split, pairs in (("train", train), ("test", test)):
         records = [
             {"video": "v.mp4", "question": "q?", "answer": a, "question_id": i, "question_type": t}
@@ -285,7 +287,7 @@ def write_qa_split(name: str) -> None:
         ]
         write_annotations(name, split, records)
     answers = Path("results/synthetic/data") / name / "annotations" / "answer_list.json"
-    answers.write_text(json.dumps(["red", "blue", "two", "three"]))
+    answers.write_text(json.dumps(["red", "blue", "two", "three", "left", "right"]))
 
 
 def paper_profile() -> Profile:
@@ -339,25 +341,31 @@ def test_probe_table_delta_and_missing_metric(workdir: Path) -> None:
         if run.task == "finetune-retrieval":
             write_retrieval_run(profile, run, (1, 4, 1) if shuffled else (3, 2, 1))
         else:
-            write_qa_run(profile, run, [1, 1, 0, 0] if shuffled else [1, 1, 1, 0])
+            write_qa_run(profile, run, [1, 1, 0, 0, 0] if shuffled else [1, 1, 1, 0, 1])
     write_retrieval_split("ssv2_label")
     write_qa_split("anet_qa")
     frame = build_table(profile, "A8", paper_profile()).frame
     ours = frame[frame.source == "synthetic"]
     models = ours[~ours.method.str.endswith("(baseline)")]
-    # N - S: R@1 20 points, R@5 and R@10 none -> mean recall 6.7; QA one question of four
+    # N - S: R@1 20 points, R@5 and R@10 none -> mean recall 6.7; QA: two questions of five,
+    # the temporal one and one of the four static ones
     assert list(models["SSv2-Label Δ"]) == [6.7] * 3
-    assert list(models["ActivityNet-QA Δ"]) == [25.0] * 3
-    # One question of four differs: a resample of the four holds it 0 (p = 0.32) to 4 times
-    # (p = 0.004), so the 95 % interval is [0, 75].
-    assert list(models["ActivityNet-QA Δ low"]) == [0.0] * 3
-    assert list(models["ActivityNet-QA Δ high"]) == [75.0] * 3
+    assert list(models["ActivityNet-QA Δ"]) == [40.0] * 3
+    assert list(models["ActivityNet-QA temporal Δ"]) == [100.0] * 3
+    assert list(models["ActivityNet-QA static N"]) == [75.0] * 3
+    assert list(models["ActivityNet-QA static Δ"]) == [25.0] * 3
+    # One static question of four differs: a resample of the four holds it 0 (p = 0.32) to 4
+    # times (p = 0.004), so the 95 % interval is [0, 75].
+    assert list(models["ActivityNet-QA static Δ low"]) == [0.0] * 3
+    assert list(models["ActivityNet-QA static Δ high"]) == [75.0] * 3
     baselines = ours[ours.method.str.endswith("(baseline)")].set_index("method")
-    assert baselines.loc["chance (baseline)", "ActivityNet-QA N"] == 25.0  # 1 of 4 answers
+    assert baselines.loc["chance (baseline)", "ActivityNet-QA N"] == 16.7  # 1 of 6 answers
     assert baselines.loc["chance (baseline)", "SSv2-Label N"] == 53.3  # (10 + 50 + 100) / 3
-    # majority "three": test question 3 of 4; prior color -> red, count -> three: 1 and 3
-    assert baselines.loc["majority answer (baseline)", "ActivityNet-QA N"] == 25.0
-    assert baselines.loc["question-only prior (baseline)", "ActivityNet-QA N"] == 50.0
+    # majority "three": test question 3 of 5; prior red, three, left: questions 1, 3 and 5
+    assert baselines.loc["majority answer (baseline)", "ActivityNet-QA N"] == 20.0
+    assert baselines.loc["question-only prior (baseline)", "ActivityNet-QA N"] == 60.0
+    assert baselines.loc["question-only prior (baseline)", "ActivityNet-QA temporal N"] == 100.0
+    assert baselines.loc["question-only prior (baseline)", "ActivityNet-QA static N"] == 50.0
     broken = Run("finetune-qa", Variant("singularity"), 4, "anet_qa")
     write_metrics(profile, broken, acc=1.0)
     with pytest.raises(SpecError, match=r"metrics.json: no metric 'accuracy'; found: acc"):

@@ -29,6 +29,7 @@ from svitt.data.annotations import (
     load_retrieval_queries,
     unique_videos,
 )
+from svitt.data.synthetic import TEMPORAL_QUESTION_TYPES
 
 
 def chance_recall(num_videos: int, positives: Sequence[int], k: int) -> float:
@@ -111,11 +112,39 @@ QA_BASELINES = {
 }
 
 
-def qa_reference(root: str | Path, name: str) -> dict[str, float]:
-    """Accuracy in percent of each of `QA_BASELINES` on the test split of `name`, the
-    majority and the prior learned from its training split."""
+QUESTION_GROUPS = ("temporal", "static")
+
+
+def in_group(annotated_type: str | None, group: str | None) -> bool:
+    """Whether a question of annotated type `annotated_type` belongs to `group`: "temporal"
+    (its answer depends on the frame order: `TEMPORAL_QUESTION_TYPES`), "static" (typed,
+    not temporal), or None (every question)."""
+    if group is None:
+        return True
+    if group not in QUESTION_GROUPS:
+        raise ValueError(f"question group {group!r}; allowed: {list(QUESTION_GROUPS)}")
+    if annotated_type is None:
+        return False
+    return (annotated_type in TEMPORAL_QUESTION_TYPES) == (group == "temporal")
+
+
+def group_question_ids(root: str | Path, name: str, group: str) -> frozenset[int] | None:
+    """The test question ids of `group`; None when the test split has no question types
+    (real datasets' files), so the group cannot be told."""
+    test = load_qa(dataset_paths(root, name).annotation("test"))
+    if not any(q.question_type for q in test):
+        return None
+    return frozenset(q.question_id for q in test if in_group(q.question_type, group))
+
+
+def qa_reference(root: str | Path, name: str, group: str | None = None) -> dict[str, float]:
+    """Accuracy in percent of each of `QA_BASELINES` on the test questions of `name` (those
+    of `group`, see `in_group`), the majority and the prior learned from its training split."""
     paths = dataset_paths(root, name)
-    train, test = (load_qa(paths.annotation(split)) for split in ("train", "test"))
+    train = load_qa(paths.annotation("train"))
+    test = [q for q in load_qa(paths.annotation("test")) if in_group(q.question_type, group)]
+    if not test:
+        return {}
     typed_train = [(question_type(q.question, q.question_type), q.answer) for q in train]
     typed_test = [(question_type(q.question, q.question_type), q.answer) for q in test]
     answers = [answer for _, answer in typed_test]

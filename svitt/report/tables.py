@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import yaml
 from tabulate import tabulate
@@ -27,9 +28,14 @@ from svitt.errors import MissingFileError
 from svitt.files import atomic_write_text
 from svitt.plan.runs import ALL_TABLES, Profile, Run, TableRow, Variant, table_rows
 from svitt.plan.specs import SpecError, load_datasets, load_spec
-from svitt.report.baselines import QA_BASELINES, qa_reference, retrieval_reference
+from svitt.report.baselines import (
+    QA_BASELINES,
+    group_question_ids,
+    qa_reference,
+    retrieval_reference,
+)
 from svitt.report.intervals import Interval, mean_interval, paired_difference
-from svitt.report.outcomes import RECALL_KS, metric_outcomes, outcomes_path
+from svitt.report.outcomes import RECALL_KS, metric_outcomes, outcomes_path, read_outcomes
 from svitt.report.settings import non_paper_settings
 from svitt.sparsity import count_edges
 
@@ -259,11 +265,30 @@ def probe_table(profile: Profile, spec: Mapping[str, Any], paper: Profile) -> pd
             "non-paper settings": "",
         }
         for column in spec["columns"]:
-            label = labels[column["dataset"]].label
-            values = reported.get(column["dataset"]) or [None] * 3
+            label = _probe_label(column, labels)
+            # The supplement reports each dataset whole, not by question group.
+            values = (None if "questions" in column else reported.get(column["dataset"])) or [
+                None
+            ] * 3
             out.update(zip((f"{label} N", f"{label} S", f"{label} Δ"), values, strict=True))
         rows.append(out)
     return pd.DataFrame(rows, dtype=object)
+
+
+def _probe_label(column: Mapping[str, Any], labels: Mapping[str, Any]) -> str:
+    """ "ActivityNet-QA", or "ActivityNet-QA temporal" for a column of one question group."""
+    label = labels[column["dataset"]].label
+    return f"{label} {column['questions']}" if "questions" in column else label
+
+
+def _group_outcomes(
+    profile: Profile, run: Run, metric: str, ids: frozenset[int]
+) -> tuple[float, np.ndarray]:
+    """Accuracy in percent over the questions `ids` and their per-question outcomes."""
+    outcomes = read_outcomes(outcomes_path(profile, run))
+    keep = np.array([question in ids for question in outcomes.ids])
+    values = outcomes.values(metric)[keep]
+    return 100.0 * float(values.mean()), values
 
 
 def _probe_cells(
@@ -271,17 +296,25 @@ def _probe_cells(
 ) -> dict[str, float]:
     """N and S with their intervals, and Δ = N - S with its paired interval (the same test
     queries, read in order and shuffled)."""
-    out: dict[str, float] = {}
+    out: dict[str, float | None] = {}
     for column in spec["columns"]:
         dataset, metric = column["dataset"], column["metric"]
         normal_run, probed_run = row.runs[(dataset, "N")], row.runs[(dataset, "S")]
-        normal, normal_interval = run_interval(profile, normal_run, metric)
-        probed, probed_interval = run_interval(profile, probed_run, metric)
-        drop = paired_difference(
-            metric_outcomes(outcomes_path(profile, normal_run), metric),
-            metric_outcomes(outcomes_path(profile, probed_run), metric),
-        )
-        label = labels[dataset].label
+        label = _probe_label(column, labels)
+        if "questions" in column:
+            ids = group_question_ids(profile.config["data"]["root"], dataset, column["questions"])
+            if not ids:  # no question types in this dataset's files, or none of the group
+                out.update(dict.fromkeys((f"{label} N", f"{label} S", f"{label} Δ")))
+                continue
+            normal, normal_values = _group_outcomes(profile, normal_run, metric, ids)
+            probed, probed_values = _group_outcomes(profile, probed_run, metric, ids)
+            normal_interval, probed_interval = map(mean_interval, (normal_values, probed_values))
+        else:
+            normal, normal_interval = run_interval(profile, normal_run, metric)
+            probed, probed_interval = run_interval(profile, probed_run, metric)
+            normal_values = metric_outcomes(outcomes_path(profile, normal_run), metric)
+            probed_values = metric_outcomes(outcomes_path(profile, probed_run), metric)
+        drop = paired_difference(normal_values, probed_values)
         out.update(_with_interval(f"{label} N", normal, normal_interval))
         out.update(_with_interval(f"{label} S", probed, probed_interval))
         out.update(_with_interval(f"{label} Δ", normal - probed, drop))
@@ -297,9 +330,9 @@ def _probe_baselines(
     root = profile.config["data"]["root"]
     rows: dict[str, dict[str, Any]] = {}
     for column in spec["columns"]:
-        dataset, label = column["dataset"], labels[column["dataset"]].label
+        dataset, label = column["dataset"], _probe_label(column, labels)
         if column["task"] == "finetune-qa":
-            values = qa_reference(root, dataset)
+            values = qa_reference(root, dataset, column.get("questions"))
         else:
             values = {"chance": retrieval_reference(root, dataset, RECALL_KS)[column["metric"]]}
         for kind, value in values.items():
