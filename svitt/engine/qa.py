@@ -17,14 +17,7 @@ from torch import Tensor, nn
 from svitt.config import ModelConfig, RunConfig
 from svitt.engine import lifecycle
 from svitt.engine.loop import train
-from svitt.engine.stage import (
-    Results,
-    Run,
-    TrainSummary,
-    autocast,
-    downstream_stages,
-    progress,
-)
+from svitt.engine.stage import Results, Run, TrainSummary, autocast, downstream_stages, progress
 
 # --- metrics (pure) ---------------------------------------------------------------------------
 

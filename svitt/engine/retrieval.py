@@ -26,14 +26,7 @@ from torch import Tensor, nn
 from svitt.config import ModelConfig, Rerank, RunConfig
 from svitt.engine import lifecycle
 from svitt.engine.pretrain import train_video_text
-from svitt.engine.stage import (
-    Results,
-    Run,
-    TrainSummary,
-    autocast,
-    downstream_stages,
-    progress,
-)
+from svitt.engine.stage import Results, Run, TrainSummary, autocast, downstream_stages, progress
 from svitt.models.clips import clip_similarity, ensemble_clip_scores, split_clips
 
 KS = (1, 5, 10)
