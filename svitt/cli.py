@@ -59,6 +59,9 @@ COMMANDS: dict[str, Command] = {
         "svitt.report.tables", "write one of the supplement's tables from metrics files"
     ),
     "figure": Command("svitt.report.figures", "draw one of the supplement's figures"),
+    "claims": Command(
+        "svitt.report.claims", "check the supplement's claims on the runs' per-query outcomes"
+    ),
 }
 
 

@@ -61,6 +61,8 @@ def cluster_skip_reason() -> str | None:
     return None
 
 
+REPO = Path(__file__).resolve().parents[1]
+
 TINY: dict[str, Any] = {
     "seed": 0,
     "device": "cpu",
@@ -102,6 +104,14 @@ TINY: dict[str, Any] = {
     },
     "eval": {"batch_size": 16, "k_test": 4, "answer_top_k": 8},
 }
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A copy of the specs in a scratch directory that is the working directory."""
+    shutil.copytree(REPO / "ablations", tmp_path / "ablations")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
 
 
 @pytest.fixture(scope="session")

@@ -125,6 +125,19 @@ def test_malformed_qa_entry_and_answer_list(tmp_path):
         load_qa(path)
     items = load_qa(write(tmp_path / "qa3.json", [good, {**good, "question_id": "2"}]))
     assert [i.question_id for i in items] == [1, 2]
+
+
+def test_qa_question_type_is_optional_and_checked(tmp_path):
+    good = {"video": "a.mp4", "question": "q?", "answer": "a", "question_id": 1}
+    typed = {**good, "question_id": 2, "question_type": "direction"}
+    items = load_qa(write(tmp_path / "qa.json", [good, typed]))
+    assert [i.question_type for i in items] == [None, "direction"]
+    path = write(tmp_path / "bad.json", [good, {**typed, "question_type": ""}])
+    with pytest.raises(AnnotationError, match=r"bad\.json: entry 1: field 'question_type'"):
+        load_qa(path)
+
+
+def test_answer_list_errors(tmp_path):
     with pytest.raises(AnnotationError, match="duplicate answers"):
         load_answer_list(write(tmp_path / "al.json", ["a", "b", "a"]))
     with pytest.raises(AnnotationError, match=r"al2\.json: entry 1"):

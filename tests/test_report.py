@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -13,6 +12,8 @@ import yaml
 from svitt.config import load_config
 from svitt.plan.runs import Profile, Run, Variant, figure_a1_runs, table_rows, table_runs
 from svitt.plan.specs import SpecError, load_sparsity_table, load_spec
+from svitt.report.outcomes import outcomes_path
+from svitt.report.settings import non_paper_settings
 from svitt.report.tables import (
     REPORTED,
     _with_exceptions,
@@ -26,14 +27,6 @@ REPO = Path(__file__).resolve().parents[1]
 
 def load_profile_config(name: str) -> dict:
     return yaml.safe_load((REPO / "workflow" / "config" / f"{name}.yaml").read_text())
-
-
-@pytest.fixture
-def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A copy of the specs in a scratch directory that is the working directory."""
-    shutil.copytree(REPO / "ablations", tmp_path / "ablations")
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
 
 
 def synthetic_profile() -> Profile:
@@ -164,7 +157,7 @@ def test_new_sparsity_row_adds_runs_and_an_a1_row(workdir: Path) -> None:
     with (workdir / "ablations" / "sparsity.tsv").open("a") as handle:
         handle.write("edge\tEdge\tsparse\t1\t3\t56\t1.0\t1.0\t1.0\t1.0\t1.0\n")
     profile = synthetic_profile()
-    a1 = build_table(profile, "A1").frame
+    a1 = build_table(profile, "A1", paper_profile()).frame
     assert list(a1[a1.config == "Edge"].frames) == profile.chain
     assert (a1[a1.config == "Edge"].sparsity.astype(float) > 0).all()  # blocks alone prune edges
     runs = table_runs(profile, "A3")
@@ -226,21 +219,21 @@ def test_format_helpers() -> None:
 
 def test_paper_a1_and_a4_equal_the_supplement(workdir: Path) -> None:
     profile = Profile(load_profile_config("paper"))
-    a1 = build_table(profile, "A1").frame
+    a1 = build_table(profile, "A1", paper_profile()).frame
     ours = a1[(a1.source == "paper") & (a1.config == "Hybrid")].drop(columns=["source", "edges"])
     reported = a1[a1.source == REPORTED].drop(columns=["source", "edges"])
     pd.testing.assert_frame_equal(ours.reset_index(drop=True), reported.reset_index(drop=True))
     dense = a1[(a1.source == "paper") & (a1.config == "Dense")]
     assert set(dense.sparsity) == {"0.00"}
 
-    a4 = build_table(profile, "A4").frame
+    a4 = build_table(profile, "A4", paper_profile()).frame
     ours = a4[a4.source == "paper"].drop(columns="source").reset_index(drop=True)
     reported = a4[a4.source == REPORTED].drop(columns="source").reset_index(drop=True)
     pd.testing.assert_frame_equal(ours, reported)
 
 
 def test_synthetic_a4_shows_its_own_settings(workdir: Path) -> None:
-    a4 = build_table(synthetic_profile(), "A4").frame
+    a4 = build_table(synthetic_profile(), "A4", paper_profile()).frame
     ours = a4[a4.source == "synthetic"].set_index("hyperparameter")
     assert ours.loc["Attn. blocks (K_l, K_r, G)", "Pre-training T=4"] == "(1, 3, 5)"
     assert ours.loc["Text length", "Retrieval T=8"] == "24 (48 for DiDeMo)"
@@ -252,29 +245,92 @@ def write_metrics(profile: Profile, run: Run, **metrics: float) -> None:
     path.write_text(json.dumps(metrics))
 
 
-def recall(mean: float) -> dict[str, float]:
-    return {"r1": mean - 10, "r5": mean, "r10": mean + 10, "mean_recall": mean}
+def write_retrieval_run(profile: Profile, run: Run, hits: tuple[int, int, int]) -> None:
+    """Ten queries: `hits` of them first-positive at rank 0, 4 and 9 (R@1, R@5, R@10 steps),
+    the rest at rank 20; metrics.json from the same outcomes, as the engine writes them."""
+    ranks = [0] * hits[0] + [4] * hits[1] + [9] * hits[2]
+    ranks += [20] * (10 - len(ranks))
+    r1, r5, r10 = (10.0 * sum(r < k for r in ranks) for k in (1, 5, 10))
+    write_metrics(profile, run, r1=r1, r5=r5, r10=r10, mean_recall=(r1 + r5 + r10) / 3)
+    outcomes = {"task": "retrieval", "query": list(range(10)), "rank": ranks}
+    Path(outcomes_path(profile, run)).write_text(json.dumps(outcomes))
+
+
+def write_qa_run(profile: Profile, run: Run, correct: list[int]) -> None:
+    write_metrics(profile, run, accuracy=100.0 * sum(correct) / len(correct))
+    outcomes = {"task": "qa", "question_id": list(range(len(correct))), "correct": correct}
+    Path(outcomes_path(profile, run)).write_text(json.dumps(outcomes))
+
+
+def write_annotations(name: str, split: str, records: list[dict]) -> None:
+    path = Path("results/synthetic/data") / name / "annotations" / f"{split}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(records))
+
+
+def write_retrieval_split(name: str) -> None:
+    """Ten test queries, one video each: chance R@1 10 %, R@5 50 %, R@10 100 %."""
+    write_annotations(name, "test", [{"video": f"v{i}.mp4", "caption": f"c{i}"} for i in range(10)])
+
+
+def write_qa_split(name: str) -> None:
+    """Training: color -> red (2 of 3), count -> three (3 of 4), direction (temporal) -> left
+    (2 of 3); "three" is the majority. Test: four static questions, then one temporal."""
+    train = [("color", "red"), ("color", "red"), ("color", "blue"), ("count", "two")]
+    train += [("count", "three")] * 3 + [("direction", "left")] * 2 + [("direction", "right")]
+    test = [("color", "red"), ("color", "blue"), ("count", "three"), ("count", "two")]
+    test += [("direction", "left")]
+    for split, pairs in (("train", train), ("test", test)):
+        records = [
+            {"video": "v.mp4", "question": "q?", "answer": a, "question_id": i, "question_type": t}
+            for i, (t, a) in enumerate(pairs)
+        ]
+        write_annotations(name, split, records)
+    answers = Path("results/synthetic/data") / name / "annotations" / "answer_list.json"
+    answers.write_text(json.dumps(["red", "blue", "two", "three", "left", "right"]))
+
+
+def paper_profile() -> Profile:
+    return Profile(load_profile_config("paper"))
 
 
 def test_retrieval_table_reads_each_run(workdir: Path) -> None:
     profile = synthetic_profile()
     runs = table_runs(profile, "A3")
     for index, run in enumerate(runs):
-        write_metrics(profile, run, **recall(20.0 + index))
-    table = build_table(profile, "A3")
+        write_retrieval_run(profile, run, (index % 3, 2, 1))
+    for name in ("msrvtt", "didemo"):
+        write_retrieval_split(name)
+    table = build_table(profile, "A3", paper_profile())
     frame = table.frame
     ours = frame[frame.source == "synthetic"]
-    assert list(ours.method) == ["Singularity*"] * 3 + ["SViTT"] * 2
-    assert list(ours.sparsity) == ["—", "—", "—", "Dense", "Hybrid"]
+    assert list(ours.method) == ["Singularity*"] * 3 + ["SViTT"] * 2 + ["chance (baseline)"]
+    assert list(ours.sparsity) == ["—", "—", "—", "Dense", "Hybrid", ""]
     hybrid = Run("zero-shot", Variant("svitt", "hybrid"), 8, "didemo", "normal")
-    expected = 20.0 + runs.index(hybrid)
-    assert ours.iloc[4]["DiDeMo Mean"] == expected
-    assert ours.iloc[4]["DiDeMo R1"] == expected - 10
+    first = runs.index(hybrid) % 3
+    assert ours.iloc[4]["DiDeMo R1"] == 10.0 * first
+    assert ours.iloc[4]["DiDeMo R10"] == 10.0 * (first + 3)
+    low, high = ours.iloc[4]["DiDeMo R10 low"], ours.iloc[4]["DiDeMo R10 high"]
+    assert low < 10.0 * (first + 3) < high
+    chance = ours.iloc[5]
+    assert [chance[f"MSR-VTT {k}"] for k in ("R1", "R5", "R10", "Mean")] == [
+        10.0,
+        50.0,
+        100.0,
+        53.3,
+    ]
+    # The embedded default's non-paper settings, read from the resolved configs
+    assert "twin loss 10" in ours.iloc[4]["non-paper settings"]
+    assert "no MLM" in ours.iloc[4]["non-paper settings"]
+    assert "learned pos. emb. (std 0.5)" in ours.iloc[4]["non-paper settings"]
     reported = frame[frame.source == REPORTED]
     assert reported.iloc[-1]["MSR-VTT Mean"] == 43.8
     paths = write_table(table, workdir / "tables")
     assert [p.suffix for p in paths] == [".csv", ".md", ".tex"]
-    assert "| synthetic" in paths[1].read_text() and "\\toprule" in paths[2].read_text()
+    markdown = paths[1].read_text()
+    assert "| synthetic" in markdown and "\\toprule" in paths[2].read_text()
+    assert f"{10.0 * (first + 3)} [{low}, {high}]" in markdown
+    assert "R10 low" not in markdown
     assert len(pd.read_csv(paths[0])) == len(frame)
 
 
@@ -283,17 +339,55 @@ def test_probe_table_delta_and_missing_metric(workdir: Path) -> None:
     for run in table_runs(profile, "A8"):
         shuffled = run.probe == "shuffle"
         if run.task == "finetune-retrieval":
-            write_metrics(profile, run, **recall(50.0 - (7.5 if shuffled else 0.0)))
+            write_retrieval_run(profile, run, (1, 4, 1) if shuffled else (3, 2, 1))
         else:
-            write_metrics(profile, run, accuracy=40.0 - (1.25 if shuffled else 0.0))
-    frame = build_table(profile, "A8").frame
+            write_qa_run(profile, run, [1, 1, 0, 0, 0] if shuffled else [1, 1, 1, 0, 1])
+    write_retrieval_split("ssv2_label")
+    write_qa_split("anet_qa")
+    frame = build_table(profile, "A8", paper_profile()).frame
     ours = frame[frame.source == "synthetic"]
-    assert list(ours["SSv2-Label Δ"]) == [7.5] * 3
-    assert list(ours["ActivityNet-QA Δ"]) == [1.2] * 3  # round(1.25, 1)
+    models = ours[~ours.method.str.endswith("(baseline)")]
+    # N - S: R@1 20 points, R@5 and R@10 none -> mean recall 6.7; QA: two questions of five,
+    # the temporal one and one of the four static ones
+    assert list(models["SSv2-Label Δ"]) == [6.7] * 3
+    assert list(models["ActivityNet-QA Δ"]) == [40.0] * 3
+    assert list(models["ActivityNet-QA temporal Δ"]) == [100.0] * 3
+    assert list(models["ActivityNet-QA static N"]) == [75.0] * 3
+    assert list(models["ActivityNet-QA static Δ"]) == [25.0] * 3
+    # One static question of four differs: a resample of the four holds it 0 (p = 0.32) to 4
+    # times (p = 0.004), so the 95 % interval is [0, 75].
+    assert list(models["ActivityNet-QA static Δ low"]) == [0.0] * 3
+    assert list(models["ActivityNet-QA static Δ high"]) == [75.0] * 3
+    baselines = ours[ours.method.str.endswith("(baseline)")].set_index("method")
+    assert baselines.loc["chance (baseline)", "ActivityNet-QA N"] == 16.7  # 1 of 6 answers
+    assert baselines.loc["chance (baseline)", "SSv2-Label N"] == 53.3  # (10 + 50 + 100) / 3
+    # majority "three": test question 3 of 5; prior red, three, left: questions 1, 3 and 5
+    assert baselines.loc["majority answer (baseline)", "ActivityNet-QA N"] == 20.0
+    assert baselines.loc["question-only prior (baseline)", "ActivityNet-QA N"] == 60.0
+    assert baselines.loc["question-only prior (baseline)", "ActivityNet-QA temporal N"] == 100.0
+    assert baselines.loc["question-only prior (baseline)", "ActivityNet-QA static N"] == 50.0
     broken = Run("finetune-qa", Variant("singularity"), 4, "anet_qa")
     write_metrics(profile, broken, acc=1.0)
     with pytest.raises(SpecError, match=r"metrics.json: no metric 'accuracy'; found: acc"):
-        build_table(profile, "A8")
+        build_table(profile, "A8", paper_profile())
+
+
+def test_outcomes_that_disagree_with_metrics_are_refused(workdir: Path) -> None:
+    profile = synthetic_profile()
+    for run in table_runs(profile, "A3"):
+        write_retrieval_run(profile, run, (1, 1, 1))
+    for name in ("msrvtt", "didemo"):
+        write_retrieval_split(name)
+    run = table_runs(profile, "A3")[0]
+    write_metrics(profile, run, r1=50.0, r5=20.0, r10=30.0, mean_recall=33.3)
+    with pytest.raises(SpecError, match=r"outcomes.json: r1 of the per-query outcomes is 10"):
+        build_table(profile, "A3", paper_profile())
+
+
+def test_the_paper_profile_has_no_non_paper_settings(workdir: Path) -> None:
+    paper = paper_profile()
+    rows = table_rows(paper, load_spec(paper.ablations, "A8"))
+    assert {non_paper_settings(paper, paper, row.runs.values()) for row in rows} == {""}
 
 
 def test_figure_a1_sweep_covers_each_rate(workdir: Path) -> None:

@@ -2,6 +2,7 @@ import json
 import os
 import subprocess
 import sys
+from collections import Counter, defaultdict
 
 import numpy as np
 import pytest
@@ -11,7 +12,9 @@ from svitt.data.synthetic import (
     MANIFEST,
     RECIPES,
     SPLIT_SIZES,
+    TEMPORAL_QUESTION_TYPES,
     CaptionStyle,
+    candidate_questions,
     caption,
     draw_dataset,
     generate,
@@ -143,6 +146,33 @@ def test_qa_answers_are_in_answer_list(ci_root):
             entries = json.loads(paths.annotation(split).read_text())
             assert {e["answer"] for e in entries} <= answers
             assert len({e["question_id"] for e in entries}) == len(entries)
+
+
+@pytest.mark.parametrize("name", ["msrvtt_qa", "anet_qa", "agqa"])
+def test_qa_questions_carry_their_type_and_balanced_answers(name):
+    drafts = draw_dataset(name, "default", seed=0)
+    for split, draft in drafts.items():
+        answers: dict[str, Counter[str]] = defaultdict(Counter)
+        for entry in draft.entries:
+            kind = entry["question_type"]
+            # Exactly the temporal types change their answer when the video is reversed.
+            temporal = entry["answer"] != entry["reversed_answer"]
+            assert temporal == (kind in TEMPORAL_QUESTION_TYPES), entry
+            answers[kind][entry["answer"]] += 1
+        # The question alone tells little: no answer of a well-asked type dominates (test
+        # videos are asked 4 of their few questions, so there is less to choose from).
+        bound = 1.35 if split == "train" else 2.0
+        for kind, counts in answers.items():
+            if sum(counts.values()) >= 50 and kind not in ("first", "last"):
+                assert max(counts.values()) <= bound * min(counts.values()), (split, kind, counts)
+        assert len(answers["order"]) == 2 or sum(answers["order"].values()) < 2
+
+
+def test_before_after_question_names_either_actor_first():
+    script = sample_script(np.random.default_rng(3), "seq_two")
+    order = [q for q in candidate_questions(script) if q.kind == "order"]
+    assert sorted(q.answer(script) for q in order) == ["after", "before"]
+    assert {q.answer(script.reversed()) for q in order} == {"after", "before"}
 
 
 def test_tokenizer_in_hf_format(ci_root):

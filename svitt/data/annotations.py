@@ -15,7 +15,8 @@ Record shapes (JSON lists of objects; extra keys are ignored):
     text-video (pre-training, retrieval): {"video": "a.mp4", "caption": "..."}; "caption" may
         be a list of sentences (DiDeMo: joined into one paragraph), "video" may be a list of
         videos that all match the caption (SSv2-Label: several positives).
-    QA: {"video": "a.mp4", "question": "...", "answer": "...", "question_id": 7}
+    QA: {"video": "a.mp4", "question": "...", "answer": "...", "question_id": 7}; optional
+        "question_type" (a string, e.g. "direction"), which the synthetic stand-ins write.
 """
 
 from __future__ import annotations
@@ -171,6 +172,9 @@ class QAItem:
     question: str
     answer: str
     question_id: int
+    # Optional: what the question asks about (the synthetic stand-ins write e.g. "color" or
+    # "direction"), so accuracy can be reported per type; real datasets' files have none.
+    question_type: str | None = None
 
 
 def _read_list(path: Path) -> list[Any]:
@@ -274,12 +278,16 @@ def load_qa(path: str | Path) -> list[QAItem]:
             qid = int(qid)
         except ValueError:
             raise _bad(path, i, "question_id", "an integer", qid) from None
+        question_type = entry.get("question_type")
+        if question_type is not None and (not isinstance(question_type, str) or not question_type):
+            raise _bad(path, i, "question_type", "a non-empty string", question_type)
         items.append(
             QAItem(
                 video=videos[0],
                 question=_text(path, i, entry, "question"),
                 answer=_text(path, i, entry, "answer"),
                 question_id=qid,
+                question_type=question_type,
             )
         )
     return items

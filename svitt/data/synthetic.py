@@ -21,6 +21,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
@@ -37,7 +38,7 @@ from svitt.errors import OutputExistsError
 
 log = logging.getLogger(__name__)
 
-GENERATOR_VERSION = 2  # 2: a deterministic tokenizer vocabulary
+GENERATOR_VERSION = 3  # 2: a deterministic tokenizer vocabulary; 3: balanced, typed QA
 FRAME_SIZE = 64  # pixels; a 32x32 model crop still shows every shape and colour clearly
 FPS = 8
 TRAVEL = 32  # pixels an object moves in one event: half the frame
@@ -374,28 +375,54 @@ def _answer_phrase(action: str) -> str:
     return f"move {action}" if action in DIRECTIONS else action
 
 
+QuestionType = Literal[
+    "count",
+    "color",
+    "shape",
+    "size",
+    "direction",
+    "appearance",
+    "first",
+    "last",
+    "first_shape",
+    "order",
+]
+# Types whose answer changes when the video is played backwards (the rest are static).
+TEMPORAL_QUESTION_TYPES: frozenset[str] = frozenset(
+    {"direction", "appearance", "first", "last", "first_shape", "order"}
+)
+
+
 @dataclass(frozen=True)
 class Question:
     """A question whose answer is read off a script (the video or its reversal)."""
 
     text: str
     answer: Callable[[Script], str]
-    temporal: bool
+    kind: QuestionType
+
+    @property
+    def temporal(self) -> bool:
+        return self.kind in TEMPORAL_QUESTION_TYPES
 
 
 def candidate_questions(script: Script) -> list[Question]:
     objs, events = script.objects, script.events()
     out = [
-        Question("how many objects are there?", lambda s: ["one", "two"][len(s.objects) - 1], False)
+        Question(
+            "how many objects are there?", lambda s: ["one", "two"][len(s.objects) - 1], "count"
+        )
     ]
     for i, o in enumerate(objs):
         out += [
-            Question(f"what color is the {o.shape}?", lambda s, i=i: s.objects[i].color, False),
+            Question(f"what color is the {o.shape}?", lambda s, i=i: s.objects[i].color, "color"),
             Question(
-                f"what shape is the {o.color} object?", lambda s, i=i: s.objects[i].shape, False
+                f"what shape is the {o.color} object?", lambda s, i=i: s.objects[i].shape, "shape"
             ),
             Question(
-                f"is the {o.color} {o.shape} big or small?", lambda s, i=i: s.objects[i].size, False
+                f"is the {o.color} {o.shape} big or small?",
+                lambda s, i=i: s.objects[i].size,
+                "size",
             ),
         ]
         own = [a for actor, a in events if actor == i]
@@ -411,7 +438,7 @@ def candidate_questions(script: Script) -> list[Question]:
                 Question(
                     f"which way does the {name} move?",
                     lambda s, f=own_actions: next(a for a in f(s) if a in DIRECTIONS),
-                    True,
+                    "direction",
                 )
             )
         if len(shows) == 1:
@@ -419,7 +446,7 @@ def candidate_questions(script: Script) -> list[Question]:
                 Question(
                     f"does the {name} appear or disappear?",
                     lambda s, f=own_actions: next(a for a in f(s) if a not in DIRECTIONS),
-                    True,
+                    "appearance",
                 )
             )
         if len(own) == 2:
@@ -427,24 +454,33 @@ def candidate_questions(script: Script) -> list[Question]:
                 Question(
                     f"what does the {name} do first?",
                     lambda s, f=own_actions: _answer_phrase(f(s)[0]),
-                    True,
+                    "first",
                 ),
                 Question(
                     f"what does the {name} do last?",
                     lambda s, f=own_actions: _answer_phrase(f(s)[-1]),
-                    True,
+                    "last",
                 ),
             ]
     if len(events) == 2 and events[0][0] != events[1][0]:
-        a, b = objs[events[0][0]], objs[events[1][0]]
-        out += [
-            Question("which shape acts first?", lambda s: s.objects[s.events()[0][0]].shape, True),
+        out.append(
             Question(
-                f"does the {a.color} {a.shape} act before or after the {b.color} {b.shape}?",
-                lambda s, i=events[0][0]: "before" if s.events()[0][0] == i else "after",
-                True,
-            ),
-        ]
+                "which shape acts first?",
+                lambda s: s.objects[s.events()[0][0]].shape,
+                "first_shape",
+            )
+        )
+        # Both namings: naming the first actor first would make "before" the answer of every
+        # training question (whose videos are never reversed).
+        for i, j in ((events[0][0], events[1][0]), (events[1][0], events[0][0])):
+            a, b = objs[i], objs[j]
+            out.append(
+                Question(
+                    f"does the {a.color} {a.shape} act before or after the {b.color} {b.shape}?",
+                    lambda s, i=i: "before" if s.events()[0][0] == i else "after",
+                    "order",
+                )
+            )
     return out
 
 
@@ -503,30 +539,23 @@ RECIPES: dict[str, Recipe] = {
     ),
 }
 
-# videos per split; ssv2_label test: (labels, videos per label); QA: 2 questions per video
+
+def _split_sizes(pretrain: int, train: int, test: int, **own: dict[str, Any]) -> dict[str, Any]:
+    """Videos per split of every stand-in: `pretrain` for webvid, `train` and `test` for the
+    others except those given their own sizes in `own`."""
+    sizes: dict[str, Any] = {name: {"train": train, "test": test} for name in RECIPES}
+    sizes["webvid"] = {"train": pretrain}
+    return sizes | own
+
+
+# videos per split; ssv2_label test: (labels, videos per label)
 SPLIT_SIZES: dict[str, dict[str, dict[str, Any]]] = {
-    "default": {
-        "webvid": {"train": 1600},
-        "msrvtt": {"train": 400, "test": 100},
-        "didemo": {"train": 400, "test": 100},
-        "charades": {"train": 400, "test": 100},
-        "ssv2_label": {"train": 600, "test": (40, 3)},
-        "msrvtt_qa": {"train": 400, "test": 100},
-        "anet_qa": {"train": 400, "test": 100},
-        "agqa": {"train": 400, "test": 100},
-    },
-    "ci": {
-        "webvid": {"train": 64},
-        "msrvtt": {"train": 24, "test": 16},
-        "didemo": {"train": 24, "test": 16},
-        "charades": {"train": 24, "test": 16},
-        "ssv2_label": {"train": 24, "test": (8, 2)},
-        "msrvtt_qa": {"train": 24, "test": 16},
-        "anet_qa": {"train": 24, "test": 16},
-        "agqa": {"train": 24, "test": 16},
-    },
+    "default": _split_sizes(1600, 400, 100, ssv2_label={"train": 600, "test": (40, 3)}),
+    "ci": _split_sizes(64, 24, 16, ssv2_label={"train": 24, "test": (8, 2)}),
 }
-QUESTIONS_PER_VIDEO = 2
+# Test videos are asked more questions: fewer than 100 temporal ones would leave a per-type
+# accuracy a few questions wide.
+QUESTIONS_PER_VIDEO = {"train": 2, "test": 4}
 
 
 def _draw_kind(rng: np.random.Generator, recipe: Recipe) -> Kind:
@@ -642,32 +671,66 @@ def _select_label_groups(
     return None
 
 
-def _draw_qa(
-    rng: np.random.Generator, recipe: Recipe, count: int, split: str, paired: bool
-) -> SplitDraft:
-    """QA entries; in the test split each video comes with its reversal, asked the same
-    questions (an order-dependent question then has two different answers)."""
+def _pick_question(
+    rng: np.random.Generator,
+    candidates: Sequence[Question],
+    temporal_share: float,
+    answers: dict[str, Counter[str]],
+    script: Script,
+) -> Question:
+    """A temporal question with probability `temporal_share` (when the video has one), its
+    type uniform among the video's types; never one whose answer is already more common than
+    the average answer of its type in the split while another question (of the other group if
+    need be) is not: the question alone then tells little ("how many objects are there?" is
+    not "one" for most videos)."""
+    temporal = [q for q in candidates if q.temporal]
+    plain = [q for q in candidates if not q.temporal]
+    pool, other = (
+        (temporal, plain) if temporal and rng.random() < temporal_share else (plain, temporal)
+    )
+
+    def common(q: Question) -> bool:
+        seen = answers[q.kind]
+        return bool(seen) and seen[q.answer(script)] > sum(seen.values()) / len(seen)
+
+    pool = (
+        [q for q in pool if not common(q)] or [q for q in other if not common(q)] or pool or other
+    )
+    kinds = sorted({q.kind for q in pool})
+    kind = kinds[int(rng.integers(len(kinds)))]
+    of_kind = [q for q in pool if q.kind == kind]
+    return of_kind[int(rng.integers(len(of_kind)))]
+
+
+def _draw_qa(rng: np.random.Generator, recipe: Recipe, count: int, split: str) -> SplitDraft:
+    """QA entries; each video comes with its reversal, asked the same questions (a temporal
+    question then has two different answers): in the test split only a model that sees frame
+    order tells the two apart, and in the training split the pair shows it that the answer
+    lies in the order, not in what the frames show."""
     draft = SplitDraft({}, [])
+    answers: dict[str, Counter[str]] = defaultdict(Counter)  # question type -> answer counts
     while len(draft.videos) < count:
         script = sample_script(rng, _draw_kind(rng, recipe))
         candidates = candidate_questions(script)
         questions: list[Question] = []
-        while len(questions) < QUESTIONS_PER_VIDEO:
-            temporal = [q for q in candidates if q.temporal and q not in questions]
-            plain = [q for q in candidates if not q.temporal and q not in questions]
-            pool = temporal if temporal and rng.random() < recipe.temporal_questions else plain
-            questions.append(pool[int(rng.integers(len(pool)))])
-        versions = [script, script.reversed()] if paired else [script]
+        while len(questions) < min(QUESTIONS_PER_VIDEO[split], len(candidates)):
+            unasked = [q for q in candidates if q not in questions]
+            questions.append(
+                _pick_question(rng, unasked, recipe.temporal_questions, answers, script)
+            )
+        versions = [script, script.reversed()]
         if len(draft.videos) + len(versions) > count:
             versions = versions[:1]
         for version in versions:
             name = f"{split}{len(draft.videos):05d}.mp4"
             draft.videos[name] = version
             for q in questions:
+                answers[q.kind][q.answer(version)] += 1
                 draft.entries.append(
                     {
                         "video": name,
                         "question": q.text,
+                        "question_type": q.kind,
                         "answer": q.answer(version),
                         "question_id": len(draft.entries),
                         "reversed_answer": q.answer(version.reversed()),
@@ -683,7 +746,7 @@ def draw_dataset(name: str, size: Size, seed: int) -> dict[str, SplitDraft]:
     drafts = {}
     for split, count in SPLIT_SIZES[size][name].items():
         if recipe.form == "qa":
-            drafts[split] = _draw_qa(rng, recipe, count, split, paired=split == "test")
+            drafts[split] = _draw_qa(rng, recipe, count, split)
         elif split == "train":
             drafts[split] = _draw_train_texts(rng, recipe, count)
         elif recipe.form == "label":

@@ -23,6 +23,7 @@ from svitt.files import atomic_write, atomic_write_text
 CHECKPOINT = "checkpoint.pt"  # final, written only when the stage has finished
 LAST = "last.pt"  # periodic, resumable
 METRICS = "metrics.json"
+OUTCOMES = "outcomes.json"  # per test query: see svitt.engine.stage.Results
 
 
 def save_json(path: str | Path, data: Mapping[str, Any]) -> None:
@@ -92,14 +93,20 @@ def run_identity(stage: str, config: Mapping[str, Any], source: str | None) -> d
     return {"stage": stage, "config": config, "source": source}
 
 
-def finished_run(out: Path, identity: Mapping[str, Any], needs_checkpoint: bool) -> bool:
+def finished_run(
+    out: Path, identity: Mapping[str, Any], needs_checkpoint: bool, needs_outcomes: bool = False
+) -> bool:
     """True if `out` already holds this exact finished run; an error if it holds another.
 
-    A finished run is `metrics.json` (plus `checkpoint.pt` for training stages) recording the
-    run identity. A different identity raises unless the caller passes --force.
+    A finished run is `metrics.json` (plus `checkpoint.pt` for training stages and
+    `outcomes.json` for evaluations) recording the run identity. A different identity raises
+    unless the caller passes --force.
     """
     metrics_path = out / METRICS
-    if not metrics_path.is_file() or (needs_checkpoint and not (out / CHECKPOINT).is_file()):
+    needed = [metrics_path]
+    needed += [out / CHECKPOINT] if needs_checkpoint else []
+    needed += [out / OUTCOMES] if needs_outcomes else []
+    if not all(path.is_file() for path in needed):
         return False
     previous = json.loads(metrics_path.read_text()).get("run")
     if previous == json.loads(json.dumps(dict(identity))):

@@ -6,8 +6,8 @@ turn in one process, each as if alone):
     config + overrides -> input checks -> tokenizer ids -> run identity
     -> finished already? (nothing to do) -> last.pt to resume from? (training stages)
     -> with process group, log file, CPU determinism, seed, MLflow run:
-           metrics = stage.work(run)
-           checkpoint.pt, metrics.json, artifacts, MLflow run FINISHED
+           results = stage.work(run)
+           checkpoint.pt, outcomes.json, metrics.json, artifacts, MLflow run FINISHED
        an error ends the MLflow run FAILED, SIGINT/SIGTERM KILLED; the block's exit closes
        the log file and restores torch's determinism setting.
 """
@@ -39,6 +39,7 @@ from svitt.engine.checkpoint import (
     CHECKPOINT,
     LAST,
     METRICS,
+    OUTCOMES,
     finished_run,
     run_identity,
     save_checkpoint,
@@ -46,7 +47,7 @@ from svitt.engine.checkpoint import (
     seed_everything,
 )
 from svitt.engine.distributed import DistEnv
-from svitt.engine.stage import Run, Stage, StageError
+from svitt.engine.stage import Results, Run, Stage, StageError
 from svitt.engine.tracking import Tracker, git_commit
 from svitt.errors import Interrupted, MissingFileError, OutputExistsError
 from svitt.files import atomic_write_text
@@ -89,7 +90,10 @@ def run_once(stage: Stage, args: argparse.Namespace) -> None:
     out: Path = args.out
     source = str(args.init_from) if args.init_from is not None else None
     identity = run_identity(stage.name, asdict(cfg), source)
-    if not args.force and finished_run(out, identity, needs_checkpoint=stage.trains):
+    finished = finished_run(
+        out, identity, needs_checkpoint=stage.trains, needs_outcomes=stage.evaluates
+    )
+    if not args.force and finished:
         print(f"svitt {stage.name}: {out} already holds this finished run; nothing to do")
         return
     resume_state = resume_from(out / LAST, identity, args.force) if stage.trains else None
@@ -129,10 +133,10 @@ def run_once(stage: Stage, args: argparse.Namespace) -> None:
                 max_steps_this_run=getattr(args, "max_steps_this_run", None),  # training only
                 resume_state=resume_state,
             )
-            metrics = stage.work(run)
-            if metrics is None:  # stopped early: last.pt resumes, and reopens the MLflow run
+            results = stage.work(run)
+            if results is None:  # stopped early: last.pt resumes, and reopens the MLflow run
                 return
-            write_results(run, metrics, stage.trains)
+            write_results(run, results, stage.trains)
     dist_utils.barrier()
 
 
@@ -238,14 +242,18 @@ def tags(stage: str, cfg: RunConfig, out: Path, source: str | None) -> dict[str,
 # --- results -----------------------------------------------------------------------------------
 
 
-def write_results(run: Run, metrics: dict[str, Any], trains: bool) -> None:
-    """checkpoint.pt (training stages), then metrics.json: once metrics.json exists the stage
-    is done. last.pt goes last, so a kill in between still resumes."""
-    metrics = {**metrics, "skipped_videos": sorted(set(run.skipped)), "run": run.identity}
+def write_results(run: Run, results: Results, trains: bool) -> None:
+    """checkpoint.pt (training stages) and outcomes.json (evaluations), then metrics.json:
+    once metrics.json exists the stage is done. last.pt goes last, so a kill in between
+    still resumes."""
+    metrics = {**results.metrics, "skipped_videos": sorted(set(run.skipped)), "run": run.identity}
     if run.env.is_main:
         if trains:
             assert run.resume_state is not None
             save_checkpoint(run.out / CHECKPOINT, run.resume_state)
+        if results.outcomes is not None:
+            save_json(run.out / OUTCOMES, results.outcomes)
+            run.tracker.log_artifact(run.out / OUTCOMES)
         save_json(run.out / METRICS, metrics)
         scalars = {
             k: v

@@ -16,7 +16,14 @@ from svitt.data.annotations import Task
 from svitt.engine import lifecycle
 from svitt.engine.distributed import gather_with_grad
 from svitt.engine.loop import train
-from svitt.engine.stage import Run, Stage, TrainSummary, base_metrics, check_datasets
+from svitt.engine.stage import (
+    Results,
+    Run,
+    Stage,
+    TrainSummary,
+    base_metrics,
+    check_datasets,
+)
 
 
 def check(cfg: RunConfig) -> None:
@@ -55,7 +62,7 @@ def train_video_text(run: Run, task: Task) -> tuple[TrainSummary, Any] | None:
     return None if summary is None else (summary, dataset)
 
 
-def pretrain(run: Run) -> dict[str, Any] | None:
+def pretrain(run: Run) -> Results | None:
     trained = train_video_text(run, "pretrain")
     if trained is None:
         return None
@@ -64,10 +71,10 @@ def pretrain(run: Run) -> dict[str, Any] | None:
     metrics.update(summary.as_metrics())
     metrics["num_videos"] = len(dataset.videos)
     metrics["num_pairs"] = len(dataset)
-    return metrics
+    return Results(metrics)
 
 
-STAGE = Stage("pretrain", trains=True, check=check, work=pretrain)
+STAGE = Stage("pretrain", trains=True, evaluates=False, check=check, work=pretrain)
 
 
 def run(args: argparse.Namespace) -> int:

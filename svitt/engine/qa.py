@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -18,36 +17,40 @@ from torch import Tensor, nn
 from svitt.config import ModelConfig, RunConfig
 from svitt.engine import lifecycle
 from svitt.engine.loop import train
-from svitt.engine.stage import Run, TrainSummary, autocast, downstream_stages, progress
+from svitt.engine.stage import Results, Run, TrainSummary, autocast, downstream_stages, progress
 
 # --- metrics (pure) ---------------------------------------------------------------------------
 
 
-def accuracy(predicted: Sequence[int] | Tensor, gold: Sequence[int] | Tensor) -> float:
-    """Exact-match accuracy in percent of answer-list indices; a gold index of -1 (answer not
-    in the list) is never matched."""
+def correct_answers(predicted: Sequence[int] | Tensor, gold: Sequence[int] | Tensor) -> Tensor:
+    """Per question, whether the predicted answer-list index is the gold one; a gold index
+    of -1 (answer not in the list) is never matched."""
     predicted, gold = torch.as_tensor(predicted), torch.as_tensor(gold)
     if predicted.shape != gold.shape or predicted.ndim != 1 or len(gold) == 0:
         raise ValueError(
             f"accuracy: need two equal non-empty 1-d index lists, got {list(predicted.shape)} "
             f"and {list(gold.shape)}"
         )
-    hits = (predicted == gold) & (gold >= 0)
-    return 100.0 * hits.double().mean().item()
+    return (predicted == gold) & (gold >= 0)
+
+
+def accuracy(predicted: Sequence[int] | Tensor, gold: Sequence[int] | Tensor) -> float:
+    """Exact-match accuracy in percent (`correct_answers`)."""
+    return 100.0 * correct_answers(predicted, gold).double().mean().item()
 
 
 # --- evaluation -------------------------------------------------------------------------------
 
 
 @torch.no_grad()
-def evaluate(run: Run, model: nn.Module, cfg: RunConfig) -> dict[str, Any]:
+def evaluate(run: Run, model: nn.Module, cfg: RunConfig) -> Results:
     from svitt.data.datasets import qa_eval
 
     env = run.env
     data = qa_eval(cfg, run.tokenizer)
     model.eval().to(env.device)
     answer_ids, answer_mask = data.answer_ids.to(env.device), data.answer_mask.to(env.device)
-    predicted, gold, videos = [], [], set()
+    predicted, gold, question_ids, videos = [], [], [], set()
     for batch in progress(env, iterable=data.questions, desc="answer", unit="batch"):
         if len(batch["video"]) == 0:
             continue
@@ -64,10 +67,17 @@ def evaluate(run: Run, model: nn.Module, cfg: RunConfig) -> dict[str, Any]:
             )
         predicted.append(choice.cpu())
         gold.append(batch["answer_index"])
+        question_ids.append(batch["question_id"])
         videos.update(batch["video_id"].tolist())
     run.skipped.extend(data.questions.skipped)
     predicted_all, gold_all = torch.cat(predicted), torch.cat(gold)
-    return {
+    correct = correct_answers(predicted_all, gold_all)
+    outcomes = {
+        "task": "qa",
+        "question_id": torch.cat(question_ids).tolist(),
+        "correct": correct.int().tolist(),
+    }
+    metrics = {
         "accuracy": accuracy(predicted_all, gold_all),
         "num_queries": len(gold_all),
         "num_videos": len(videos),
@@ -75,6 +85,7 @@ def evaluate(run: Run, model: nn.Module, cfg: RunConfig) -> dict[str, Any]:
         "answers_in_list": 100.0 * (gold_all >= 0).double().mean().item(),
         "answer_top_k": cfg.eval.answer_top_k,
     }
+    return Results(metrics, outcomes)
 
 
 # --- stages -----------------------------------------------------------------------------------

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -27,7 +26,7 @@ from torch import Tensor, nn
 from svitt.config import ModelConfig, Rerank, RunConfig
 from svitt.engine import lifecycle
 from svitt.engine.pretrain import train_video_text
-from svitt.engine.stage import Run, TrainSummary, autocast, downstream_stages, progress
+from svitt.engine.stage import Results, Run, TrainSummary, autocast, downstream_stages, progress
 from svitt.models.clips import clip_similarity, ensemble_clip_scores, split_clips
 
 KS = (1, 5, 10)
@@ -90,7 +89,7 @@ def rerank_top_k(similarity: Tensor, top_index: Tensor, top_scores: Tensor) -> T
 
 
 @torch.no_grad()
-def evaluate(run: Run, model: nn.Module, cfg: RunConfig) -> dict[str, Any]:
+def evaluate(run: Run, model: nn.Module, cfg: RunConfig) -> Results:
     """Retrieval metrics of `model` on the test split of `cfg.data.dataset`."""
     from svitt.data.datasets import retrieval_eval
 
@@ -168,7 +167,9 @@ def evaluate(run: Run, model: nn.Module, cfg: RunConfig) -> dict[str, Any]:
     metrics["num_queries"] = len(positives)
     metrics["num_videos"] = len(kept_ids)
     metrics["k_test"] = cfg.eval.k_test if model.has_matching_head else 0
-    return metrics
+    ranks = positive_ranks(scores.cpu(), positives)
+    outcomes = {"task": "retrieval", "query": query_index.tolist(), "rank": ranks.tolist()}
+    return Results(metrics, outcomes)
 
 
 # --- stages -----------------------------------------------------------------------------------

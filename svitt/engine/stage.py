@@ -2,8 +2,9 @@
 
 A stage module (pretrain, retrieval, qa) describes each of its commands as a `Stage`: its
 name, whether it trains, its input check, and its work. `svitt.engine.lifecycle.run` does
-everything around the work and hands it a `Run`; the work returns the entries of
-`metrics.json` (or None when training stopped early and last.pt resumes).
+everything around the work and hands it a `Run`; the work returns its `Results`: the entries
+of `metrics.json` and, for an evaluation, what each test query scored (`outcomes.json`); or
+None when training stopped early and last.pt resumes.
 """
 
 from __future__ import annotations
@@ -67,14 +68,26 @@ class TrainSummary:
         }
 
 
+@dataclass
+class Results:
+    """What a stage's work reports: metrics.json and, for an evaluation, outcomes.json."""
+
+    metrics: dict[str, Any]
+    # Per test query, so that reports bootstrap intervals and pair runs without a model:
+    # retrieval {"query": [...], "rank": [...]} (0-based rank of the first positive), QA
+    # {"question_id": [...], "correct": [...]}; with "task" (svitt.report.outcomes reads it).
+    outcomes: dict[str, Any] | None = None
+
+
 @dataclass(frozen=True)
 class Stage:
     """One command: `work(run)` is all it does itself; `lifecycle.run` does the rest."""
 
     name: str  # the command, part of the run identity
     trains: bool  # resumes from last.pt and ends with checkpoint.pt
+    evaluates: bool  # ends with outcomes.json
     check: Callable[[RunConfig], None]  # input checks on the resolved config, before any work
-    work: Callable[[Run], dict[str, Any] | None]  # metrics.json entries; None: stopped early
+    work: Callable[[Run], Results | None]  # None: training stopped early
 
 
 # --- input checks (before any work) ------------------------------------------------------------
@@ -139,7 +152,7 @@ def base_metrics(run: Run, model_cfg: ModelConfig, overrides: Mapping[str, Any])
     return metrics
 
 
-Evaluate = Callable[[Run, nn.Module, RunConfig], dict[str, Any]]
+Evaluate = Callable[[Run, nn.Module, RunConfig], Results]
 
 
 def evaluation_metrics(
@@ -147,8 +160,8 @@ def evaluation_metrics(
     build: Callable[[ModelConfig], nn.Module],
     evaluate: Evaluate,
     trained: TrainSummary | None = None,
-) -> dict[str, Any]:
-    """metrics.json of an evaluation stage: `build` makes the model with the eval overrides
+) -> Results:
+    """The results of an evaluation stage: `build` makes the model with the eval overrides
     (`eval_model_config`), which loads the weights just fine-tuned (`trained`: their
     training summary) or those of --init-from; then `evaluate`'s metrics."""
     from svitt.models.checkpoints import load_checkpoint_weights
@@ -161,11 +174,12 @@ def evaluation_metrics(
     else:  # the last training state: what checkpoint.pt will hold
         assert run.resume_state is not None
         load_checkpoint_weights(model, run.resume_state, "the fine-tuned model")
+    evaluated = evaluate(run, model, run.cfg)
     metrics = base_metrics(run, model_cfg, overrides)
-    metrics.update(evaluate(run, model, run.cfg))
+    metrics.update(evaluated.metrics)
     if trained is not None:
         metrics.update(trained.as_metrics())
-    return metrics
+    return Results(metrics, evaluated.outcomes)
 
 
 def downstream_stages(
@@ -184,15 +198,17 @@ def downstream_stages(
         check_test(cfg)
         check_datasets(cfg, [cfg.data.dataset], [task], "train")
 
-    def finetune(run: Run) -> dict[str, Any] | None:
+    def finetune(run: Run) -> Results | None:
         summary = train(run)
         return None if summary is None else evaluation_metrics(run, build, evaluate, summary)
 
-    def evaluate_init_from(run: Run) -> dict[str, Any]:
+    def evaluate_init_from(run: Run) -> Results:
         return evaluation_metrics(run, build, evaluate)
 
     stages = (
-        Stage(f"finetune-{task}", trains=True, check=check_train, work=finetune),
-        Stage(f"eval-{task}", trains=False, check=check_test, work=evaluate_init_from),
+        Stage(f"finetune-{task}", trains=True, evaluates=True, check=check_train, work=finetune),
+        Stage(
+            f"eval-{task}", trains=False, evaluates=True, check=check_test, work=evaluate_init_from
+        ),
     )
     return {stage.name: stage for stage in stages}

@@ -25,7 +25,8 @@ from svitt.config import load_config
 from svitt.files import atomic_write
 from svitt.plan.runs import figure_a1_runs
 from svitt.plan.specs import load_datasets, load_spec
-from svitt.report.tables import load_profile, read_metric
+from svitt.report.intervals import Interval
+from svitt.report.tables import load_profile, run_interval
 
 DIMMED = 0.25  # brightness of pruned patches
 
@@ -38,15 +39,18 @@ def _save_atomic(fig: plt.Figure, out: Path) -> None:
 # --- Figure A1 ------------------------------------------------------------------------------
 
 
-def keep_rate_curves(profile_path: str | Path) -> dict[str, dict[int, list[tuple[float, float]]]]:
-    """dataset -> frames -> [(keep rate, metric)], sorted by keep rate."""
+Curves = dict[str, dict[int, list[tuple[float, Interval]]]]
+
+
+def keep_rate_curves(profile_path: str | Path) -> Curves:
+    """dataset -> frames -> [(keep rate, metric with its 95 % interval)], by keep rate."""
     profile = load_profile(profile_path)
     spec = load_spec(profile.ablations, "figure_A1")
-    curves: dict[str, dict[int, list[tuple[float, float]]]] = {}
+    curves: Curves = {}
     for run in figure_a1_runs(profile, spec):
         rate = float(run.probe.removeprefix("keep"))
-        value = read_metric(profile.metrics(run), spec["metric"])
-        curves.setdefault(run.dataset, {}).setdefault(run.frames, []).append((rate, value))
+        _, interval = run_interval(profile, run, spec["metric"])
+        curves.setdefault(run.dataset, {}).setdefault(run.frames, []).append((rate, interval))
     for by_frames in curves.values():
         for points in by_frames.values():
             points.sort()
@@ -63,15 +67,20 @@ def plot_keep_rate(profile_path: str | Path, out: str | Path) -> None:
     )
     for ax, (dataset, by_frames) in zip(axes[0], curves.items(), strict=True):
         for frames, points in sorted(by_frames.items()):
-            rates, values = zip(*points, strict=True)
-            ax.plot(rates, values, marker="o", label=f"{frames} frames")
+            rates = [rate for rate, _ in points]
+            values = np.array([i.value for _, i in points])
+            below = values - [i.low for _, i in points]
+            above = [i.high for _, i in points] - values
+            ax.errorbar(
+                rates, values, yerr=[below, above], marker="o", capsize=3, label=f"{frames} frames"
+            )
         ax.set_title(f"{labels[dataset].label} ({profile.name})")
         ax.set_xlabel("visual keep rate $q_v$")
         ax.set_ylabel("mean recall (%)")
         ax.invert_xaxis()  # sparser to the right, as token pruning increases
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.suptitle(f"Figure A1. {spec['title']}")
+    fig.suptitle(f"Figure A1. {spec['title']} (bars: 95 % bootstrap intervals over queries)")
     _save_atomic(fig, Path(out))
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import yaml
 from tabulate import tabulate
@@ -27,10 +28,21 @@ from svitt.errors import MissingFileError
 from svitt.files import atomic_write_text
 from svitt.plan.runs import ALL_TABLES, Profile, Run, TableRow, Variant, table_rows
 from svitt.plan.specs import SpecError, load_datasets, load_spec
+from svitt.report.baselines import (
+    QA_BASELINES,
+    group_question_ids,
+    qa_reference,
+    retrieval_reference,
+)
+from svitt.report.intervals import Interval, mean_interval, paired_difference
+from svitt.report.outcomes import RECALL_KS, metric_outcomes, outcomes_path, read_outcomes
+from svitt.report.settings import non_paper_settings
 from svitt.sparsity import count_edges
 
 REPORTED = "reported"
-RECALL_KEYS = ("r1", "r5", "r10", "mean_recall")
+BASELINE = "{} (baseline)"
+PAPER_PROFILE = "workflow/config/paper.yaml"
+RECALL_KEYS = (*(f"r{k}" for k in RECALL_KS), "mean_recall")
 RECALL_NAMES = ("R1", "R5", "R10", "Mean")
 MISSING = "—"
 
@@ -57,6 +69,32 @@ def read_metric(path: str | Path, key: str) -> float:
 
 def _round(value: float | None, digits: int = 1) -> float | None:
     return None if value is None else round(value, digits)
+
+
+# A cell's 95 % interval: CSV keeps the bounds in columns of their own ("<column> low",
+# "<column> high"); Markdown and LaTeX show "value [low, high]" in the one column.
+LOW, HIGH = " low", " high"
+
+
+def _with_interval(column: str, value: float, interval: Interval) -> dict[str, float]:
+    return {
+        column: round(value, 1),
+        column + LOW: round(interval.low, 1),
+        column + HIGH: round(interval.high, 1),
+    }
+
+
+def run_interval(profile: Profile, run: Run, metric: str) -> tuple[float, Interval]:
+    """The run's metric from its metrics.json and the bootstrap interval of its per-query
+    outcomes, which must agree with it."""
+    value = read_metric(profile.metrics(run), metric)
+    interval = mean_interval(metric_outcomes(outcomes_path(profile, run), metric))
+    if not math.isclose(interval.value, value, abs_tol=1e-6):
+        raise SpecError(
+            f"{outcomes_path(profile, run)}: {metric} of the per-query outcomes is "
+            f"{interval.value:.4f}, metrics.json says {value:.4f}; rerun the evaluation"
+        )
+    return value, interval
 
 
 def _pretrain_label(profile: Profile) -> str:
@@ -95,7 +133,7 @@ def _keep(cfg: RunConfig) -> str:
     return f"({sp.visual_keep_rate:g}, {sp.cross_keep_rate:g})"
 
 
-def configurations_table(profile: Profile, spec: Mapping[str, Any]) -> pd.DataFrame:
+def configurations_table(profile: Profile, spec: Mapping[str, Any], paper: Profile) -> pd.DataFrame:
     rows = []
     for name, sparsity in profile.sparsity.items():
         for frames in profile.chain:
@@ -120,7 +158,7 @@ def configurations_table(profile: Profile, spec: Mapping[str, Any]) -> pd.DataFr
 # --- A2: dataset statistics ---------------------------------------------------------------
 
 
-def datasets_table(profile: Profile, spec: Mapping[str, Any]) -> pd.DataFrame:
+def datasets_table(profile: Profile, spec: Mapping[str, Any], paper: Profile) -> pd.DataFrame:
     from svitt.data.stats import dataset_statistics
 
     labels = load_datasets(profile.ablations)
@@ -158,7 +196,7 @@ def _recall_columns(label: str) -> list[str]:
     return [f"{label} {name}" for name in RECALL_NAMES]
 
 
-def retrieval_table(profile: Profile, spec: Mapping[str, Any]) -> pd.DataFrame:
+def retrieval_table(profile: Profile, spec: Mapping[str, Any], paper: Profile) -> pd.DataFrame:
     labels = load_datasets(profile.ablations)
     datasets = spec["datasets"]
     rows = []
@@ -169,21 +207,31 @@ def retrieval_table(profile: Profile, spec: Mapping[str, Any]) -> pd.DataFrame:
             "pt": _pretrain_label(profile),
             "frames": row.frames,
             "sparsity": _row_label(profile, row.variant),
+            "non-paper settings": non_paper_settings(profile, paper, row.runs.values()),
         }
         for dataset in datasets:
             run = row.runs.get((dataset, "metrics"))
-            values = (
-                [read_metric(profile.metrics(run), key) for key in RECALL_KEYS]
-                if run is not None
-                else [None] * len(RECALL_KEYS)
-            )
-            out.update(
-                zip(_recall_columns(labels[dataset].label), map(_round, values), strict=True)
-            )
+            columns = _recall_columns(labels[dataset].label)
+            if run is None:
+                out.update(dict.fromkeys(columns))
+                continue
+            for column, key in zip(columns, RECALL_KEYS, strict=True):
+                out.update(_with_interval(column, *run_interval(profile, run, key)))
         rows.append(out)
+    chance: dict[str, Any] = {
+        "source": profile.name,
+        "method": BASELINE.format(QA_BASELINES["chance"]),
+    }
+    chance.update({k: "" for k in ("pt", "frames", "sparsity", "non-paper settings")})
+    for dataset in datasets:
+        reference = retrieval_reference(profile.config["data"]["root"], dataset, RECALL_KS)
+        values = [_round(reference[key]) for key in RECALL_KEYS]
+        chance.update(zip(_recall_columns(labels[dataset].label), values, strict=True))
+    rows.append(chance)
     for reported in spec["reported"]:
         out = {"source": REPORTED}
         out.update({k: reported.get(k, "") for k in ("method", "pt", "frames", "sparsity")})
+        out["non-paper settings"] = ""
         for dataset in datasets:
             values = reported.get(dataset) or [None] * len(RECALL_KEYS)
             out.update(zip(_recall_columns(labels[dataset].label), values, strict=True))
@@ -194,7 +242,7 @@ def retrieval_table(profile: Profile, spec: Mapping[str, Any]) -> pd.DataFrame:
 # --- A8: temporal probing -----------------------------------------------------------------
 
 
-def probe_table(profile: Profile, spec: Mapping[str, Any]) -> pd.DataFrame:
+def probe_table(profile: Profile, spec: Mapping[str, Any], paper: Profile) -> pd.DataFrame:
     labels = load_datasets(profile.ablations)
     rows = []
     for row in table_rows(profile, spec):
@@ -203,37 +251,105 @@ def probe_table(profile: Profile, spec: Mapping[str, Any]) -> pd.DataFrame:
             "method": row.spec["method"],
             "frames": row.frames,
             "sparsity": _row_label(profile, row.variant),
+            "non-paper settings": non_paper_settings(profile, paper, row.runs.values()),
         }
         out.update(_probe_cells(profile, spec, row, labels))
         rows.append(out)
+    rows += _probe_baselines(profile, spec, labels)
     for reported in spec["reported"]:
         out = {
             "source": REPORTED,
             "method": reported["method"],
             "frames": "",
             "sparsity": reported.get("sparsity", ""),
+            "non-paper settings": "",
         }
         for column in spec["columns"]:
-            label = labels[column["dataset"]].label
-            values = reported.get(column["dataset"]) or [None] * 3
+            label = _probe_label(column, labels)
+            # The supplement reports each dataset whole, not by question group.
+            values = (None if "questions" in column else reported.get(column["dataset"])) or [
+                None
+            ] * 3
             out.update(zip((f"{label} N", f"{label} S", f"{label} Δ"), values, strict=True))
         rows.append(out)
     return pd.DataFrame(rows, dtype=object)
 
 
+def _probe_label(column: Mapping[str, Any], labels: Mapping[str, Any]) -> str:
+    """ "ActivityNet-QA", or "ActivityNet-QA temporal" for a column of one question group."""
+    label = labels[column["dataset"]].label
+    return f"{label} {column['questions']}" if "questions" in column else label
+
+
+def _group_outcomes(
+    profile: Profile, run: Run, metric: str, ids: frozenset[int]
+) -> tuple[float, np.ndarray]:
+    """Accuracy in percent over the questions `ids` and their per-question outcomes."""
+    outcomes = read_outcomes(outcomes_path(profile, run))
+    keep = np.array([question in ids for question in outcomes.ids])
+    values = outcomes.values(metric)[keep]
+    return 100.0 * float(values.mean()), values
+
+
 def _probe_cells(
     profile: Profile, spec: Mapping[str, Any], row: TableRow, labels: Mapping[str, Any]
 ) -> dict[str, float]:
-    out = {}
+    """N and S with their intervals, and Δ = N - S with its paired interval (the same test
+    queries, read in order and shuffled)."""
+    out: dict[str, float | None] = {}
     for column in spec["columns"]:
         dataset, metric = column["dataset"], column["metric"]
-        normal = read_metric(profile.metrics(row.runs[(dataset, "N")]), metric)
-        probed = read_metric(profile.metrics(row.runs[(dataset, "S")]), metric)
-        label = labels[dataset].label
-        out[f"{label} N"] = round(normal, 1)
-        out[f"{label} S"] = round(probed, 1)
-        out[f"{label} Δ"] = round(normal - probed, 1)
+        normal_run, probed_run = row.runs[(dataset, "N")], row.runs[(dataset, "S")]
+        label = _probe_label(column, labels)
+        if "questions" in column:
+            ids = group_question_ids(profile.config["data"]["root"], dataset, column["questions"])
+            if not ids:  # no question types in this dataset's files, or none of the group
+                out.update(dict.fromkeys((f"{label} N", f"{label} S", f"{label} Δ")))
+                continue
+            normal, normal_values = _group_outcomes(profile, normal_run, metric, ids)
+            probed, probed_values = _group_outcomes(profile, probed_run, metric, ids)
+            normal_interval, probed_interval = map(mean_interval, (normal_values, probed_values))
+        else:
+            normal, normal_interval = run_interval(profile, normal_run, metric)
+            probed, probed_interval = run_interval(profile, probed_run, metric)
+            normal_values = metric_outcomes(outcomes_path(profile, normal_run), metric)
+            probed_values = metric_outcomes(outcomes_path(profile, probed_run), metric)
+        drop = paired_difference(normal_values, probed_values)
+        out.update(_with_interval(f"{label} N", normal, normal_interval))
+        out.update(_with_interval(f"{label} S", probed, probed_interval))
+        out.update(_with_interval(f"{label} Δ", normal - probed, drop))
     return out
+
+
+def _probe_baselines(
+    profile: Profile, spec: Mapping[str, Any], labels: Mapping[str, Any]
+) -> list[dict[str, Any]]:
+    """The video-blind reference rows under the Normal column of each dataset (a model that
+    never sees the video has nothing to shuffle): retrieval chance; for QA also the
+    majority answer and the question-only prior."""
+    root = profile.config["data"]["root"]
+    rows: dict[str, dict[str, Any]] = {}
+    for column in spec["columns"]:
+        dataset, label = column["dataset"], _probe_label(column, labels)
+        if column["task"] == "finetune-qa":
+            values = qa_reference(root, dataset, column.get("questions"))
+        else:
+            values = {"chance": retrieval_reference(root, dataset, RECALL_KS)[column["metric"]]}
+        for kind, value in values.items():
+            row = rows.setdefault(
+                kind,
+                {
+                    "source": profile.name,
+                    "method": BASELINE.format(QA_BASELINES[kind]),
+                    "frames": "",
+                    "sparsity": "",
+                    "non-paper settings": "",
+                },
+            )
+            row.update(
+                {f"{label} N": round(value, 1), f"{label} S": MISSING, f"{label} Δ": MISSING}
+            )
+    return list(rows.values())
 
 
 # --- A4: training hyperparameters (config only) -------------------------------------------
@@ -276,7 +392,9 @@ def _frames(by_frames: Mapping[str, Any]) -> list[int]:
     return sorted(int(key[1:]) for key in by_frames)
 
 
-def hyperparameters_table(profile: Profile, spec: Mapping[str, Any]) -> pd.DataFrame:
+def hyperparameters_table(
+    profile: Profile, spec: Mapping[str, Any], paper: Profile
+) -> pd.DataFrame:
     labels = load_datasets(profile.ablations)
     config = profile.config
     variant = Variant("svitt", spec["sparsity"])
@@ -314,7 +432,9 @@ def hyperparameters_table(profile: Profile, spec: Mapping[str, Any]) -> pd.DataF
 
 # --- assembly and output ------------------------------------------------------------------
 
-BUILDERS: dict[str, Callable[[Profile, Mapping[str, Any]], pd.DataFrame]] = {
+# Each layout's builder: (this profile, the table's spec, the paper profile). The paper profile
+# is the reference recipe that the result tables' "non-paper settings" column compares with.
+BUILDERS: dict[str, Callable[[Profile, Mapping[str, Any], Profile], pd.DataFrame]] = {
     "configurations": configurations_table,
     "datasets": datasets_table,
     "retrieval": retrieval_table,
@@ -323,15 +443,21 @@ BUILDERS: dict[str, Callable[[Profile, Mapping[str, Any]], pd.DataFrame]] = {
 }
 
 
-def build_table(profile: Profile, name: str) -> Table:
+def build_table(profile: Profile, name: str, paper: Profile) -> Table:
     spec = load_spec(profile.ablations, name)
     layout = spec.get("layout")
     if layout not in BUILDERS:
         raise SpecError(
             f"{profile.ablations}/{name}.yaml: layout {layout!r}; allowed: {list(BUILDERS)}"
         )
-    frame = BUILDERS[layout](profile, spec)
-    return Table(name, spec["title"], spec.get("caption", ""), frame, _source_note(profile))
+    frame = BUILDERS[layout](profile, spec, paper)
+    note = _source_note(profile)
+    if any(column.endswith(LOW) for column in frame.columns):
+        note += (
+            " In brackets: the 95 % bootstrap interval over the test queries (Δ: paired, the "
+            "same queries in order and probed); the CSV has the bounds in their own columns."
+        )
+    return Table(name, spec["title"], spec.get("caption", ""), frame, note)
 
 
 def _cell(value: Any) -> Any:
@@ -340,15 +466,30 @@ def _cell(value: Any) -> Any:
     return value
 
 
-def _plain(frame: pd.DataFrame) -> list[list[Any]]:
-    return [[_cell(v) for v in row] for row in frame.itertuples(index=False)]
+def compact(frame: pd.DataFrame) -> pd.DataFrame:
+    """Each interval's bounds joined into its value's column: "18.0 [10.0, 26.0]"."""
+    frame = frame.copy()
+    for column in [c for c in frame.columns if c + LOW in frame.columns]:
+        low, high = frame.pop(column + LOW), frame.pop(column + HIGH)
+        frame[column] = [
+            value if _cell(lo) == "" else f"{value} [{lo}, {hi}]"
+            for value, lo, hi in zip(frame[column], low, high, strict=True)
+        ]
+    return frame
+
+
+def _plain(frame: pd.DataFrame) -> tuple[list[str], list[list[Any]]]:
+    """Headers and cells of the compact frame, as tabulate takes them."""
+    frame = compact(frame)
+    return list(frame.columns), [[_cell(v) for v in row] for row in frame.itertuples(index=False)]
 
 
 def _body(table: Table, tablefmt: str) -> str:
     """The table's rows under its column names, cells as written (no number re-formatting)."""
+    headers, cells = _plain(table.frame)
     return tabulate(
-        _plain(table.frame),
-        headers=list(table.frame.columns),
+        cells,
+        headers=headers,
         tablefmt=tablefmt,
         disable_numparse=True,
     )
@@ -386,25 +527,37 @@ def write_table(table: Table, out_dir: str | Path) -> list[Path]:
 
 
 def load_profile(path: str | Path) -> Profile:
-    """The profile config the workflow ran with (its `profile_config` rule's dump)."""
+    """A profile config: the one the workflow ran with (its `profile_config` rule's dump), or
+    the paper profile."""
     path = Path(path)
     if not path.is_file():
         raise MissingFileError(f"profile config not found: {path}")
     return Profile(yaml.safe_load(path.read_text()))
 
 
-def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
-    parser.add_argument("table", choices=ALL_TABLES, help="the supplement's table to build")
+def add_profile_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--profile",
         required=True,
         help="workflow config as run (results/<profile>/runs/profile.yaml)",
     )
+
+
+def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
+    parser.add_argument("table", choices=ALL_TABLES, help="the supplement's table to build")
+    add_profile_argument(parser)
+    parser.add_argument(
+        "--paper-profile",
+        default=PAPER_PROFILE,
+        help="the paper's recipe, which the non-paper settings column compares each run with "
+        f"(default: {PAPER_PROFILE})",
+    )
     parser.add_argument("--out-dir", required=True, help="writes <table>.csv, .md and .tex here")
 
 
 def run(args: argparse.Namespace) -> int:
-    table = build_table(load_profile(args.profile), args.table)
+    paper = load_profile(args.paper_profile)
+    table = build_table(load_profile(args.profile), args.table, paper)
     for path in write_table(table, args.out_dir):
         print(path)
     return 0

@@ -8,6 +8,7 @@ rule probe_finetuned:
         init=lambda wildcards: init_checkpoint(f"finetune-{wildcards.task}")(wildcards),
     output:
         metrics=f"{RUNS}/finetune-{{task}}/{{variant}}/T{{frames}}/{{dataset}}/{{probe}}/metrics.json",
+        outcomes=f"{RUNS}/finetune-{{task}}/{{variant}}/T{{frames}}/{{dataset}}/{{probe}}/outcomes.json",
         config=f"{RUNS}/finetune-{{task}}/{{variant}}/T{{frames}}/{{dataset}}/{{probe}}/config.yaml",
     wildcard_constraints:
         task="retrieval|qa",

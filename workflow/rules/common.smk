@@ -9,6 +9,7 @@ import yaml
 from svitt.config import FRAME_ORDERS
 from svitt.plan.runs import (
     ALL_TABLES,
+    RESULTS_TABLES,
     Profile,
     Run,
     Variant,
@@ -16,6 +17,8 @@ from svitt.plan.runs import (
     table_runs,
 )
 from svitt.plan.specs import SpecError, load_datasets, load_spec
+from svitt.report.claims import claim_runs, load_claims
+from svitt.report.outcomes import outcomes_path
 
 
 def typed_scalar(text):
@@ -73,6 +76,7 @@ try:
     PROFILE = Profile(config)
     TOKENS_SPEC = load_spec(config["ablations"], "figure_tokens")
     FIGURE_A1_SPEC = load_spec(config["ablations"], "figure_A1")
+    CLAIMS_SPEC = load_claims(config["ablations"])
 except SpecError as err:
     sys.exit(str(err))
 RESULTS = PROFILE.results
@@ -81,7 +85,9 @@ DATA = config["data"]
 ABLATIONS = config["ablations"]
 PROFILE_DUMP = f"{RUNS}/profile.yaml"
 PRETRAINED_CHECK = f"{RUNS}/data/pretrained.txt"
-CLAIMS = f"{RESULTS}/claims.md"
+CLAIMS = {"markdown": f"{RESULTS}/claims.md", "csv": f"{RESULTS}/claims.csv"}
+# The paper's recipe: the result tables name each row's settings that differ from it.
+PAPER_PROFILE = "workflow/config/paper.yaml"
 # Every rule's `conda:` (relative to workflow/rules/): the project installed with pip, for
 # `--use-conda`; without it rules run in the environment Snakemake runs in (`make`: .venv).
 ENV = "../envs/svitt.yaml"
@@ -149,8 +155,8 @@ def table_files():
 
 
 def claims_files():
-    """The claims report's copy for the HTML report, if results/<profile>/claims.md exists."""
-    return [f"{RUNS}/report/claims.md"] if Path(CLAIMS).is_file() else []
+    """The claims report and its copy for the HTML report."""
+    return [*CLAIMS.values(), f"{RUNS}/report/claims.md"]
 
 
 def figure_files():
@@ -158,16 +164,27 @@ def figure_files():
 
 
 def table_metrics(wildcards):
-    return [PROFILE.metrics(run) for run in table_runs(PROFILE, wildcards.table)]
+    """metrics.json and outcomes.json (the intervals) of every run the table reads."""
+    runs = table_runs(PROFILE, wildcards.table)
+    return [f(PROFILE, run) for run in runs for f in (Profile.metrics, outcomes_path)]
+
+
+def claims_outcomes(wildcards):
+    """The per-query outcomes of every run a claim this profile can check compares."""
+    return [outcomes_path(PROFILE, run) for run in claim_runs(PROFILE, CLAIMS_SPEC)]
 
 
 def figure_a1_metrics(wildcards):
-    return [PROFILE.metrics(run) for run in figure_a1_runs(PROFILE, FIGURE_A1_SPEC)]
+    runs = figure_a1_runs(PROFILE, FIGURE_A1_SPEC)
+    # The error bars come from the per-query outcomes.
+    return [f(PROFILE, run) for run in runs for f in (Profile.metrics, outcomes_path)]
 
 
 def table_inputs(wildcards):
+    spec = load_spec(ABLATIONS, wildcards.table)
     inputs = {
         "profile": PROFILE_DUMP,
+        "paper": PAPER_PROFILE,
         "spec": f"{ABLATIONS}/{wildcards.table}.yaml",
         "sparsity": config["sparsity_table"],
         "metrics": table_metrics(wildcards),
@@ -176,6 +193,10 @@ def table_inputs(wildcards):
         inputs["datasets"] = f"{ABLATIONS}/datasets.tsv"
         # Statistics of every dataset of the table (the weights play no part).
         inputs["data"] = [validation_report(name) for name in load_datasets(ABLATIONS)]
+    # The reference rows (chance, majority answer, question-only prior) read the annotations.
+    compared = [*spec.get("datasets", []), *(c["dataset"] for c in spec.get("columns", []))]
+    if compared:
+        inputs["data"] = [validation_report(name) for name in dict.fromkeys(compared)]
     return inputs
 
 

@@ -11,6 +11,7 @@ rule zero_shot:
         init=init_checkpoint("zero-shot", dataset=ZERO_SHOT_DATASETS[0]),
     output:
         metrics=zero_shot_outputs("metrics.json"),
+        outcomes=zero_shot_outputs("outcomes.json"),
         config=zero_shot_outputs("config.yaml"),
     params:
         write_configs=write_zero_shot_configs,
@@ -38,6 +39,7 @@ rule finetune:
     output:
         checkpoint=f"{RUNS}/finetune-{{task}}/{{variant}}/T{{frames}}/{{dataset}}/checkpoint.pt",
         metrics=f"{RUNS}/finetune-{{task}}/{{variant}}/T{{frames}}/{{dataset}}/metrics.json",
+        outcomes=f"{RUNS}/finetune-{{task}}/{{variant}}/T{{frames}}/{{dataset}}/outcomes.json",
         config=f"{RUNS}/finetune-{{task}}/{{variant}}/T{{frames}}/{{dataset}}/config.yaml",
     wildcard_constraints:
         task="retrieval|qa",

@@ -25,14 +25,36 @@ rule table:
     conda:
         ENV
     shell:
-        "svitt table {wildcards.table} --profile {input.profile} --out-dir {params.out}"
+        "svitt table {wildcards.table} --profile {input.profile} --paper-profile {input.paper}"
+        " --out-dir {params.out}"
         " > {log} 2>&1"
 
 
-rule claims_report:
-    """The claims report next to the tables (when there is one), for the HTML report."""
+rule claims:
+    """The supplement's claims (ablations/claims.tsv) checked on the runs' per-query outcomes."""
     input:
-        CLAIMS,
+        profile=PROFILE_DUMP,
+        spec=f"{ABLATIONS}/claims.tsv",
+        # Which claims this profile can check: the runs its tables and Figure A1 read.
+        specs=[f"{ABLATIONS}/{name}.yaml" for name in (*RESULTS_TABLES, "figure_A1")],
+        sparsity=config["sparsity_table"],
+        outcomes=claims_outcomes,
+    output:
+        **CLAIMS,
+    params:
+        out=lambda wildcards, output: Path(output.markdown).parent,
+    log:
+        f"{RUNS}/logs/claims.log",
+    conda:
+        ENV
+    shell:
+        "svitt claims --profile {input.profile} --out-dir {params.out} > {log} 2>&1"
+
+
+rule claims_report:
+    """The claims report's copy for the HTML report."""
+    input:
+        CLAIMS["markdown"],
     output:
         report(f"{RUNS}/report/claims.md", category="Claims"),
     log:

@@ -1,0 +1,81 @@
+"""Which settings a table row's runs use that the paper's recipe does not.
+
+The paper's recipe is the paper profile (`workflow/config/paper.yaml`): the same run resolved
+there is the reference. A row's runs are compared with it along the settings that change
+what a model learns (its losses, the time-reversed twins, position embeddings, where its
+weights start), not along its scale (widths, epochs, batch sizes), which every small
+profile changes by design. The labels come from the two resolved configs, so a profile that
+changes a setting changes its tables' text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from svitt.config import RunConfig, load_config
+from svitt.plan.runs import Profile, Run
+
+
+def _losses(cfg: RunConfig, paper: RunConfig) -> list[str]:
+    ours, theirs = cfg.model.loss_weights, paper.model.loss_weights
+    labels = []
+    for name in sorted(set(ours) | set(theirs)):
+        weight = ours.get(name, 0.0)
+        if weight == theirs.get(name, 0.0):
+            continue
+        labels.append(f"no {name.upper()}" if not weight else f"{name} loss {weight:g}")
+    return labels
+
+
+def _twins(cfg: RunConfig, paper: RunConfig) -> list[str]:
+    # With a twin loss the twins are implied; its label says enough.
+    if cfg.model.loss_weights.get("twin"):
+        return []
+    if cfg.data.reversal_negatives and not paper.data.reversal_negatives:
+        return ["time-reversed twins"]
+    return []
+
+
+def _positions(cfg: RunConfig, paper: RunConfig) -> list[str]:
+    ours, theirs = cfg.model.vision, paper.model.vision
+    labels = []
+    if ours.abs_pos_emb and not theirs.abs_pos_emb:
+        labels.append(f"learned pos. emb. (std {ours.pos_init_std:g})")
+    elif ours.abs_pos_emb and ours.pos_init_std != theirs.pos_init_std:
+        labels.append(f"pos. emb. std {ours.pos_init_std:g}")
+    if theirs.rel_pos_bias and not ours.rel_pos_bias:
+        labels.append("no relative position bias")
+    return labels
+
+
+def _start(cfg: RunConfig, paper: RunConfig) -> list[str]:
+    ours, theirs = cfg.model.weights, paper.model.weights
+    if ours.vision is None and ours.text is None and (theirs.vision or theirs.text):
+        return ["from scratch"]
+    return []
+
+
+# In the order the labels are shown.
+SETTINGS = (_losses, _twins, _positions, _start)
+
+
+def run_chain(profile: Profile, run: Run) -> list[Run]:
+    """`run` and every run whose checkpoint it starts from, back to the chain's start."""
+    chain = [run]
+    while (earlier := profile.loads(chain[-1])) is not None:
+        chain.append(earlier)
+    return chain
+
+
+def non_paper_settings(profile: Profile, paper: Profile, runs: Iterable[Run]) -> str:
+    """The settings of `runs` (and the runs they start from) that differ from the same runs
+    in `paper`, in `SETTINGS` order; "" where there are none."""
+    labels: list[dict[str, None]] = [{} for _ in SETTINGS]
+    for run in runs:
+        for step in run_chain(profile, run):
+            if step.variant.arch not in paper.config["archs"]:
+                continue  # not a run of the paper profile: nothing to compare with
+            ours, theirs = load_config(profile.resolve(step)), load_config(paper.resolve(step))
+            for found, setting in zip(labels, SETTINGS, strict=True):
+                found.update(dict.fromkeys(setting(ours, theirs)))
+    return ", ".join(label for found in labels for label in found)
