@@ -262,7 +262,13 @@ def test_table_names_a_metrics_file_not_yet_written(tmp_path, capsys, monkeypatc
     profile = tmp_path / "profile.yaml"
     profile.write_text(yaml.safe_dump(config))
     monkeypatch.chdir(tmp_path)  # results/ of the profile: empty here
-    assert main(["table", "A3", "--profile", str(profile), "--out-dir", str(tmp_path)]) == 2
+    paper_config = yaml.safe_load((REPO / "workflow" / "config" / "paper.yaml").read_text())
+    paper_config.update(sparsity_table=config["sparsity_table"], ablations=config["ablations"])
+    paper_profile = tmp_path / "paper.yaml"
+    paper_profile.write_text(yaml.safe_dump(paper_config))
+    paper = ["--paper-profile", str(paper_profile)]
+    args = ["table", "A3", "--profile", str(profile), *paper, "--out-dir", str(tmp_path)]
+    assert main(args) == 2
     message = one_error_line(capsys, "table")
     assert message.startswith("metrics file not found: results/") and message.endswith(
         "/metrics.json (run its job first)"

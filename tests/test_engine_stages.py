@@ -136,7 +136,8 @@ def test_three_clip_evaluation_with_the_release_rules(bench, pretrained):
     assert vtc[0] == vtc[1] and vtc[0]
     qa = bench["base"] / "clips3-qa"
     assert stage(bench, "eval-qa", qa, *ckpt, *clips, "--set", "data.dataset=msrvtt_qa") == 0
-    assert 0.0 <= metrics_of(qa)["accuracy"] <= 100.0 and metrics_of(qa)["num_queries"] == 32
+    # the "ci" size: 16 test videos, 4 questions each
+    assert 0.0 <= metrics_of(qa)["accuracy"] <= 100.0 and metrics_of(qa)["num_queries"] == 64
 
 
 def test_one_evaluation_process_writes_one_run_per_config(bench, pretrained, capsys):
@@ -209,6 +210,12 @@ def test_multi_positive_retrieval_counts_label_queries(bench, pretrained):
     assert metrics["overrides"]["visual_keep_rate"] == 0.5
     assert metrics["sparsity"]["visual_keep_rate"] == 0.5
     assert 0.0 <= metrics["r1"] <= metrics["r5"] <= metrics["r10"] <= 100.0
+    # outcomes.json: each query's first-positive rank, from which R@k follows
+    outcomes = json.loads((out / "outcomes.json").read_text())
+    assert outcomes["query"] == list(range(8))
+    for k in (1, 5, 10):
+        hits = sum(rank < k for rank in outcomes["rank"])
+        assert 100.0 * hits / 8 == pytest.approx(metrics[f"r{k}"])
 
 
 def test_finetune_qa_then_eval_qa_reproduces_its_accuracy(bench, pretrained):
@@ -217,12 +224,16 @@ def test_finetune_qa_then_eval_qa_reproduces_its_accuracy(bench, pretrained):
     common = ["--set", "data.dataset=msrvtt_qa", "--set", "optim.epochs=1"]
     assert stage(bench, "finetune-qa", finetuned, "--init-from", ckpt, *common) == 0
     trained = metrics_of(finetuned)
-    assert 0.0 <= trained["accuracy"] <= 100.0 and trained["num_queries"] == 32
+    assert 0.0 <= trained["accuracy"] <= 100.0 and trained["num_queries"] == 64
     assert set(trained["train_loss_last_epoch"]) == {"loss", "qa"}
     evaluated = bench["base"] / "qa-eval"
     again = ["--init-from", str(finetuned / "checkpoint.pt"), *common]
     assert stage(bench, "eval-qa", evaluated, *again) == 0
     assert metrics_of(evaluated)["accuracy"] == trained["accuracy"]
+    # outcomes.json: one entry per question, each test question once, averaging to accuracy
+    outcomes = json.loads((evaluated / "outcomes.json").read_text())
+    assert outcomes["task"] == "qa" and len(set(outcomes["question_id"])) == 64
+    assert 100.0 * sum(outcomes["correct"]) / 64 == pytest.approx(trained["accuracy"])
 
 
 def test_frozen_trains_with_vtc_only_and_ranks_by_cosine(bench):
