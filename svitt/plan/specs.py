@@ -59,7 +59,7 @@ class SparsityRow:
         return self.visual_keep[frames]
 
 
-def _read_tsv(
+def read_tsv(
     path: Path, required: tuple[str, ...], optional: re.Pattern[str] | None = None
 ) -> list[dict[str, str]]:
     """Rows of a TSV with exactly the `required` columns plus any matching `optional`."""
@@ -122,7 +122,7 @@ def _rate(path: Path, index: int, row: dict[str, str], column: str) -> float:
 def load_sparsity_table(path: str | Path) -> list[SparsityRow]:
     """Read `sparsity.tsv`: name, label, attention, K_l, K_r, G, q_v_T<frames>..., q_m, q_m_qa."""
     path = Path(path)
-    rows = _read_tsv(path, SPARSITY_COLUMNS, _KEEP_COLUMN)
+    rows = read_tsv(path, SPARSITY_COLUMNS, _KEEP_COLUMN)
     if not rows:
         raise SpecError(f"{path}: no rows; add one sparsity configuration per line")
     keep_columns = {int(m.group(1)): c for c in rows[0] if (m := _KEEP_COLUMN.match(c))}
@@ -173,7 +173,7 @@ class DatasetRow:
 
 
 def load_datasets(ablations: str | Path) -> dict[str, DatasetRow]:
-    rows = _read_tsv(Path(ablations) / "datasets.tsv", DATASET_COLUMNS)
+    rows = read_tsv(Path(ablations) / "datasets.tsv", DATASET_COLUMNS)
     return {r["name"]: DatasetRow(**{c: r[c].strip() for c in DATASET_COLUMNS}) for r in rows}
 
 

@@ -37,7 +37,7 @@ from tabulate import tabulate
 from svitt.errors import UserError
 from svitt.files import atomic_write_text
 from svitt.plan.runs import RESULTS_TABLES, Profile, Run, figure_a1_runs, table_runs
-from svitt.plan.specs import SpecError, _read_tsv, load_spec
+from svitt.plan.specs import SpecError, load_spec, read_tsv
 from svitt.report.intervals import Interval, paired_sum
 from svitt.report.outcomes import METRICS, outcomes_path, read_outcomes
 from svitt.report.tables import add_profile_argument, load_profile
@@ -116,7 +116,7 @@ def load_claims(ablations: str | Path) -> list[Claim]:
     """The rows of `ablations/claims.tsv`; errors name the row and column."""
     path = Path(ablations) / SPEC
     claims: list[Claim] = []
-    for index, row in enumerate(_read_tsv(path, COLUMNS)):
+    for index, row in enumerate(read_tsv(path, COLUMNS)):
         cells = {key: row[key].strip() for key in COLUMNS}
         where = f"{path}: row {index + 1} ({cells['id']!r})"
         if not _ID.match(cells["id"]):
