@@ -94,7 +94,7 @@ ENV = "../envs/svitt.yaml"
 
 
 wildcard_constraints:
-    variant=r"[A-Za-z0-9_]+(-[A-Za-z0-9_]+)*",
+    variant=r"[A-Za-z0-9_]+(-[A-Za-z0-9_]+)*(\+[a-z0-9_]+)?",
     frames=r"[0-9]+",
     dataset=r"[a-z0-9_]+",
     probe="|".join(FRAME_ORDERS) + r"|keep[0-9.]+",
