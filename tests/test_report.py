@@ -10,10 +10,18 @@ import pytest
 import yaml
 
 from svitt.config import load_config
-from svitt.plan.runs import Profile, Run, Variant, figure_a1_runs, table_rows, table_runs
+from svitt.plan.runs import (
+    Profile,
+    Run,
+    Variant,
+    figure_a1_runs,
+    run_chain,
+    table_rows,
+    table_runs,
+)
 from svitt.plan.specs import SpecError, load_sparsity_table, load_spec
 from svitt.report.outcomes import outcomes_path
-from svitt.report.settings import non_paper_settings, run_chain
+from svitt.report.settings import non_paper_settings
 from svitt.report.tables import (
     REPORTED,
     _with_exceptions,

@@ -97,6 +97,13 @@ def test_schema_rejects_a_bad_key_in_one_line(workflow_copy: Path) -> None:
     last = result.stderr.strip().splitlines()[-1]
     assert "unknown config key 'model.vision.dept'; allowed keys: image_size" in last
     assert "Traceback" not in result.stderr
+    # ... also in a recipe's stage that only a pre-training chain (no target itself) reads.
+    typo = "recipes={plain: {pretrain: {model: {vision: {dept: 2}}}}}"
+    result = snakemake(workflow_copy, "-n", "tables", "--config", typo)
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert "run pretrain/svitt-dense+plain/T8: unknown config key 'model.vision.dept'" in last
+    assert "Traceback" not in result.stderr
     # A partial config alone: the missing key and how to combine it.
     result = snakemake(workflow_copy, "-n", "tables", "--configfile=.test/config.yaml")
     assert result.returncode != 0
@@ -197,13 +204,14 @@ def test_revalidating_one_dataset_reruns_only_its_jobs(workflow_copy: Path) -> N
     later = max((workflow_copy / path).stat().st_mtime for path in everything) + 1
     os.utime(report, (later, later))
     rerun = planned_outputs(snakemake(workflow_copy, "-n", "tables", *CI).stdout)
-    runs = {path for path in rerun if "/runs/" in path}
+    runs = {path for path in rerun if "/runs/" in path and "/runs/report/" not in path}
     # Exactly the runs on Charades (fine-tuning and its probes), none of pre-training or of
-    # other datasets; the tables that read them, and A2 (statistics of every dataset).
+    # other datasets; the tables that read them, A2 (statistics of every dataset) and the
+    # claims report (a claim compares the Charades runs) with its copy for the HTML report.
     assert runs == {p for p in everything if "/runs/" in p and "/charades/" in p}
     assert runs and all("finetune-retrieval/" in path for path in runs)
     tables = {Path(path).stem for path in rerun - runs}
-    assert tables == {"A2", "A5"}
+    assert tables == {"A2", "A5", "claims"}
 
 
 def test_paper_a1_a4_need_no_data(workflow_copy: Path) -> None:

@@ -318,6 +318,14 @@ def _probe_settings(probe: str | None) -> dict[str, Any]:
     return {"frame_order": probe}
 
 
+def run_chain(profile: Profile, run: Run) -> list[Run]:
+    """`run` and every run whose checkpoint it starts from, back to the chain's start."""
+    chain = [run]
+    while (earlier := profile.loads(chain[-1])) is not None:
+        chain.append(earlier)
+    return chain
+
+
 def probe_name(keep_rate: float) -> str:
     """The probe id of an evaluation at visual keep rate `keep_rate` (Figure A1)."""
     return f"keep{keep_rate:g}"

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import replace
 
 from svitt.config import RunConfig, load_config
-from svitt.plan.runs import Profile, Run
+from svitt.plan.runs import Profile, Run, run_chain
 
 
 def _losses(cfg: RunConfig, paper: RunConfig) -> list[str]:
@@ -59,14 +59,6 @@ def _start(cfg: RunConfig, paper: RunConfig) -> list[str]:
 
 # In the order the labels are shown.
 SETTINGS = (_losses, _twins, _positions, _start)
-
-
-def run_chain(profile: Profile, run: Run) -> list[Run]:
-    """`run` and every run whose checkpoint it starts from, back to the chain's start."""
-    chain = [run]
-    while (earlier := profile.loads(chain[-1])) is not None:
-        chain.append(earlier)
-    return chain
 
 
 def non_paper_settings(profile: Profile, paper: Profile, runs: Iterable[Run]) -> str:
