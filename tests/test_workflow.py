@@ -90,20 +90,21 @@ def test_schema_rejects_a_bad_key_in_one_line(workflow_copy: Path) -> None:
         "config: unknown key pretrain.epochz; allowed keys of pretrain: datasets, settings,"
         " by_frames, by_dataset, frames"
     ]
-    # A bad key of a run config fragment: one line too, naming the key and the allowed ones.
-    typo = "run={model: {vision: {dept: 2}}}"
-    result = snakemake(workflow_copy, "-n", "tables", "--config", typo)
-    assert result.returncode != 0
-    last = result.stderr.strip().splitlines()[-1]
-    assert "unknown config key 'model.vision.dept'; allowed keys: image_size" in last
-    assert "Traceback" not in result.stderr
-    # ... also in a recipe's stage that only a pre-training chain (no target itself) reads.
-    typo = "recipes={plain: {pretrain: {model: {vision: {dept: 2}}}}}"
-    result = snakemake(workflow_copy, "-n", "tables", "--config", typo)
-    assert result.returncode != 0
-    last = result.stderr.strip().splitlines()[-1]
-    assert "run pretrain/svitt-dense+plain/T8: unknown config key 'model.vision.dept'" in last
-    assert "Traceback" not in result.stderr
+    # A bad key of a run config fragment: one line too, naming the key and the allowed ones;
+    # also in a recipe's stage that only a pre-training chain (no target itself) reads.
+    typos = {
+        "run={model: {vision: {dept: 2}}}": (
+            "unknown config key 'model.vision.dept'; allowed keys: image_size"
+        ),
+        "recipes={plain: {pretrain: {model: {vision: {dept: 2}}}}}": (
+            "run pretrain/svitt-dense+plain/T8: unknown config key 'model.vision.dept'"
+        ),
+    }
+    for typo, message in typos.items():
+        result = snakemake(workflow_copy, "-n", "tables", "--config", typo)
+        assert result.returncode != 0
+        assert message in result.stderr.strip().splitlines()[-1]
+        assert "Traceback" not in result.stderr
     # A partial config alone: the missing key and how to combine it.
     result = snakemake(workflow_copy, "-n", "tables", "--configfile=.test/config.yaml")
     assert result.returncode != 0
