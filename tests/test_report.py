@@ -10,7 +10,15 @@ import pytest
 import yaml
 
 from svitt.config import load_config
-from svitt.plan.runs import Profile, Run, Variant, figure_a1_runs, table_rows, table_runs
+from svitt.plan.runs import (
+    Profile,
+    Run,
+    Variant,
+    figure_a1_runs,
+    run_chain,
+    table_rows,
+    table_runs,
+)
 from svitt.plan.specs import SpecError, load_sparsity_table, load_spec
 from svitt.report.outcomes import outcomes_path
 from svitt.report.settings import non_paper_settings
@@ -45,10 +53,20 @@ def synthetic_profile() -> Profile:
         "finetune-retrieval/svitt-hybrid-morton/T8/ssv2_label",
         "finetune-qa/frozen-dense/T8/anet_qa/shuffle",
         "tokens/svitt-hybrid/T8/didemo",
+        "pretrain/svitt-hybrid+plain/T4",
+        "finetune-qa/svitt-hybrid-morton+plain/T8/anet_qa/shuffle",
+        "zero-shot/singularity+plain/T4/msrvtt/normal",
     ],
 )
 def test_run_paths_round_trip(path: str) -> None:
     assert Run.from_path(path).path == path
+
+
+def test_a_recipe_is_its_own_part_of_the_variant() -> None:
+    assert Variant.parse("svitt-hybrid-morton+plain") == Variant(
+        "svitt", "hybrid", "morton", "plain"
+    )
+    assert Variant.parse("svitt-dense") != Variant.parse("svitt-dense+plain")
 
 
 @pytest.mark.parametrize(
@@ -60,6 +78,10 @@ def test_run_paths_round_trip(path: str) -> None:
         "zero-shot/svitt-hybrid/T4/msrvtt",  # zero-shot needs a probe
         "zero-shot/svitt-hybrid/T4/msrvtt/sideways",
         "bogus/svitt-hybrid/T4",
+        "pretrain/svitt-hybrid+/T4",  # an empty recipe name
+        "pretrain/svitt-hybrid+plain+more/T4",
+        "pretrain/svitt-hybrid+Plain/T4",
+        "pretrain/singularity-raster-x/T4",
     ],
 )
 def test_bad_run_paths_are_rejected(path: str) -> None:
@@ -129,6 +151,46 @@ def test_paper_profile_takes_the_release_recipe(workdir: Path) -> None:
         assert {"singularity", "singularity_temporal"} <= paper_archs
         default_archs = {run.variant.arch for run in table_runs(synthetic_profile(), table)}
         assert "singularity_temporal" not in default_archs and "singularity" in default_archs
+
+
+def test_the_plain_recipe_drops_the_profile_additions_in_every_stage(workdir: Path) -> None:
+    profile = synthetic_profile()
+    plain = Variant("svitt", "hybrid", recipe="plain")
+    runs = [Run("pretrain", plain, 4), Run("pretrain", plain, 8)]
+    runs += [Run("finetune-retrieval", plain, 8, "ssv2_label", "shuffle")]
+    for run in runs:
+        cfg = load_config(profile.resolve(run))
+        assert cfg.model.loss_weights == {"vtc": 1.0, "vtm": 1.0, "twin": 0.0}
+        assert not cfg.data.reversal_negatives and not cfg.model.vision.abs_pos_emb
+    # QA takes only the architecture part: its weights come from the plain pre-training.
+    hybrid = Variant("svitt", "hybrid")
+    qa = load_config(profile.resolve(Run("finetune-qa", plain, 8, "anet_qa")))
+    ours = load_config(profile.resolve(Run("finetune-qa", hybrid, 8, "anet_qa")))
+    assert not qa.model.vision.abs_pos_emb and ours.model.vision.abs_pos_emb
+    assert qa.model.loss_weights == ours.model.loss_weights
+    # The rest of the schedule is the profile's.
+    ours = load_config(profile.resolve(Run("pretrain", hybrid, 8)))
+    assert load_config(profile.resolve(runs[1])).optim == ours.optim
+
+
+def test_recipes_leave_every_other_run_as_it_was(workdir: Path) -> None:
+    config = load_profile_config("default")
+    without = Profile({key: value for key, value in config.items() if key != "recipes"})
+    profile = Profile(config)
+    runs = [run for table in ("A3", "A5", "A6", "A7", "A8") for run in table_runs(profile, table)]
+    existing = [run for run in runs if run.variant.recipe is None]
+    assert len(existing) < len(runs)
+    for run in existing:
+        for step in run_chain(profile, run):
+            assert profile.resolve(step) == without.resolve(step), step.path
+
+
+def test_an_unknown_recipe_names_the_profile_recipes(workdir: Path) -> None:
+    run = Run("pretrain", Variant("svitt", "dense", recipe="fancy"), 4)
+    with pytest.raises(SpecError, match=r"no recipe 'fancy' in `recipes` \(plain\)"):
+        synthetic_profile().resolve(run)
+    # A spec row of a recipe the profile does not configure is not one of its rows.
+    assert all(run.variant.recipe is None for run in table_runs(paper_profile(), "A8"))
 
 
 def test_a_misspelt_arch_in_a_spec_row_fails_even_where_it_is_not_configured(
@@ -347,17 +409,23 @@ def test_probe_table_delta_and_missing_metric(workdir: Path) -> None:
     frame = build_table(profile, "A8", paper_profile()).frame
     ours = frame[frame.source == "synthetic"]
     models = ours[~ours.method.str.endswith("(baseline)")]
+    assert list(models.method) == ["Singularity"] + ["SViTT"] * 2 + ["SViTT (plain recipe)"] * 2
+    assert list(models.sparsity) == ["—", "Dense", "Hybrid", "Dense", "Hybrid"]
+    # The plain recipe's rows lose the settings it drops, computed from their configs.
+    settings = list(models["non-paper settings"])
+    assert "twin loss 10" in settings[1] and "learned pos. emb." in settings[1]
+    assert settings[3] == settings[4] == "no MLM, from scratch"
     # N - S: R@1 20 points, R@5 and R@10 none -> mean recall 6.7; QA: two questions of five,
     # the temporal one and one of the four static ones
-    assert list(models["SSv2-Label Δ"]) == [6.7] * 3
-    assert list(models["ActivityNet-QA Δ"]) == [40.0] * 3
-    assert list(models["ActivityNet-QA temporal Δ"]) == [100.0] * 3
-    assert list(models["ActivityNet-QA static N"]) == [75.0] * 3
-    assert list(models["ActivityNet-QA static Δ"]) == [25.0] * 3
+    assert list(models["SSv2-Label Δ"]) == [6.7] * 5
+    assert list(models["ActivityNet-QA Δ"]) == [40.0] * 5
+    assert list(models["ActivityNet-QA temporal Δ"]) == [100.0] * 5
+    assert list(models["ActivityNet-QA static N"]) == [75.0] * 5
+    assert list(models["ActivityNet-QA static Δ"]) == [25.0] * 5
     # One static question of four differs: a resample of the four holds it 0 (p = 0.32) to 4
     # times (p = 0.004), so the 95 % interval is [0, 75].
-    assert list(models["ActivityNet-QA static Δ low"]) == [0.0] * 3
-    assert list(models["ActivityNet-QA static Δ high"]) == [75.0] * 3
+    assert list(models["ActivityNet-QA static Δ low"]) == [0.0] * 5
+    assert list(models["ActivityNet-QA static Δ high"]) == [75.0] * 5
     baselines = ours[ours.method.str.endswith("(baseline)")].set_index("method")
     assert baselines.loc["chance (baseline)", "ActivityNet-QA N"] == 16.7  # 1 of 6 answers
     assert baselines.loc["chance (baseline)", "SSv2-Label N"] == 53.3  # (10 + 50 + 100) / 3

@@ -90,13 +90,21 @@ def test_schema_rejects_a_bad_key_in_one_line(workflow_copy: Path) -> None:
         "config: unknown key pretrain.epochz; allowed keys of pretrain: datasets, settings,"
         " by_frames, by_dataset, frames"
     ]
-    # A bad key of a run config fragment: one line too, naming the key and the allowed ones.
-    typo = "run={model: {vision: {dept: 2}}}"
-    result = snakemake(workflow_copy, "-n", "tables", "--config", typo)
-    assert result.returncode != 0
-    last = result.stderr.strip().splitlines()[-1]
-    assert "unknown config key 'model.vision.dept'; allowed keys: image_size" in last
-    assert "Traceback" not in result.stderr
+    # A bad key of a run config fragment: one line too, naming the key and the allowed ones;
+    # also in a recipe's stage that only a pre-training chain (no target itself) reads.
+    typos = {
+        "run={model: {vision: {dept: 2}}}": (
+            "unknown config key 'model.vision.dept'; allowed keys: image_size"
+        ),
+        "recipes={plain: {pretrain: {model: {vision: {dept: 2}}}}}": (
+            "run pretrain/svitt-dense+plain/T8: unknown config key 'model.vision.dept'"
+        ),
+    }
+    for typo, message in typos.items():
+        result = snakemake(workflow_copy, "-n", "tables", "--config", typo)
+        assert result.returncode != 0
+        assert message in result.stderr.strip().splitlines()[-1]
+        assert "Traceback" not in result.stderr
     # A partial config alone: the missing key and how to combine it.
     result = snakemake(workflow_copy, "-n", "tables", "--configfile=.test/config.yaml")
     assert result.returncode != 0
@@ -126,8 +134,8 @@ def test_new_sparsity_row_adds_its_jobs(workflow_copy: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     outputs = set(re.findall(r"runs/([^\s,]*edge[^\s,]*)/metrics\.json", result.stdout))
     # Pre-training (SViTT at T = 4 -> 8 for A3/A5/A8, Frozen at T = 4 for A6), zero-shot A3 and
-    # A6 (each zero-shot job evaluates every zero-shot dataset), fine-tuning A5 and A8, and the
-    # A8 shuffled-frame probes.
+    # A6 (each zero-shot job evaluates every zero-shot dataset), fine-tuning A5 and A8, the
+    # A8 shuffled-frame probes, and A8's plain-recipe runs of the new row.
     assert outputs == {
         "pretrain/svitt-edge/T4",
         "pretrain/svitt-edge/T8",
@@ -141,6 +149,37 @@ def test_new_sparsity_row_adds_its_jobs(workflow_copy: Path) -> None:
         "finetune-qa/svitt-edge/T8/anet_qa",
         "finetune-retrieval/svitt-edge/T8/ssv2_label/shuffle",
         "finetune-qa/svitt-edge/T8/anet_qa/shuffle",
+        *plain_recipe_runs("edge"),
+    }
+
+
+def plain_recipe_runs(sparsity: str) -> set[str]:
+    """Table A8's runs of the SViTT with the plain recipe: its pre-training chain to T = 8, the
+    two fine-tunings and their shuffled-frame probes."""
+    variant = f"svitt-{sparsity}+plain"
+    tuned = [f"finetune-retrieval/{variant}/T8/ssv2_label", f"finetune-qa/{variant}/T8/anet_qa"]
+    pretrain = [f"pretrain/{variant}/T4", f"pretrain/{variant}/T8"]
+    return {*pretrain, *tuned, *(f"{run}/shuffle" for run in tuned)}
+
+
+def test_a_recipe_row_adds_exactly_its_jobs(workflow_copy: Path) -> None:
+    result = snakemake(workflow_copy, "-n", "tables", *CI)
+    assert result.returncode == 0, result.stderr[-3000:]
+    outputs = set(re.findall(r"runs/([^\s,]*\+plain[^\s,]*)/metrics\.json", result.stdout))
+    assert outputs == plain_recipe_runs("dense") | plain_recipe_runs("hybrid")
+    spec = workflow_copy / "ablations/A8.yaml"
+    rows = [line for line in spec.read_text().splitlines(True) if "recipe: plain}" not in line]
+    spec.write_text("".join(rows))
+    without = snakemake(workflow_copy, "-n", "tables", *CI)
+    assert without.returncode == 0, without.stderr[-3000:]
+    counts, fewer = job_counts(result.stdout), job_counts(without.stdout)
+    assert {rule: counts[rule] - fewer[rule] for rule in counts if counts[rule] != fewer[rule]} == {
+        "pretrain": 4,
+        "finetune": 4,
+        "probe_finetuned": 4,
+    }
+    assert planned_outputs(without.stdout) == {
+        path for path in planned_outputs(result.stdout) if "+plain" not in path
     }
 
 
@@ -198,7 +237,8 @@ def test_paper_dry_run_lists_the_whole_dag(workflow_copy: Path) -> None:
     result = snakemake(workflow_copy, "-n", "tables", PAPER)
     assert result.returncode == 0, result.stderr[-3000:]
     counts = job_counts(result.stdout)
-    # The embedded default's 11 and Singularity-temporal at T = 4 (Table A8, paper profile only).
+    # The embedded default's 15 less its 4 plain-recipe ones (the paper profile's recipe is the
+    # plain one), and Singularity-temporal at T = 4 (Table A8, paper profile only).
     assert counts["pretrain"] == 12 and counts["validate_data"] == 8
     assert counts["table"] == 8
 

@@ -8,12 +8,13 @@ A run is a path under `results/<profile>/runs/`:
     finetune-qa/<variant>/T<frames>/<dataset>[/<probe>]
     tokens/<variant>/T<frames>/<dataset>
 
-`<variant>` is `<arch>-<sparsity>[-<order>]` (`singularity`, `singularity_temporal` alone:
-frame-level, no sparsity); `<probe>` is `normal`, `shuffle`, `reverse` or `keep<q_v>`. The
-Snakefile and the report code both derive paths from here, so a table always reads exactly the
-runs the DAG produced. A run's config is the profile's `run` section, then its architecture's
-settings, then the stage's `settings`, `by_frames` and `by_dataset`, then the sparsity row,
-then the run's own keys (frames, dataset, probe), each merged over the previous.
+`<variant>` is `<arch>-<sparsity>[-<order>][+<recipe>]` (`singularity`, `singularity_temporal`
+alone: frame-level, no sparsity); `<recipe>` names one of the profile's `recipes`; `<probe>` is
+`normal`, `shuffle`, `reverse` or `keep<q_v>`. The Snakefile and the report code both derive
+paths from here, so a table always reads exactly the runs the DAG produced. A run's config is
+the profile's `run` section, then its architecture's settings, then the stage's `settings`,
+`by_frames` and `by_dataset`, then the stage's part of the variant's recipe, then the sparsity
+row, then the run's own keys (frames, dataset, probe), each merged over the previous.
 """
 
 from __future__ import annotations
@@ -35,15 +36,19 @@ TASKS = ("pretrain", "zero-shot", "finetune-retrieval", "finetune-qa", "tokens")
 PAPER_FRAME_TOKENS = 196
 # A probe: the plain evaluation, another frame order, or a visual keep rate in (0, 1].
 _PROBE = re.compile(rf"^({'|'.join(FRAME_ORDERS)}|keep(0(\.[0-9]+)?|1(\.0+)?))$")
+# A recipe name: no "-" (it separates arch, sparsity and order) and no "+" (it starts the recipe).
+RECIPE_NAME = re.compile(r"^[a-z0-9_]+$")
 
 
 @dataclass(frozen=True)
 class Variant:
-    """A model variant: architecture, sparsity row (None for frame-level) and token order."""
+    """A model variant: architecture, sparsity row (None for frame-level), token order and
+    training recipe (None: the profile's own settings)."""
 
     arch: str
     sparsity: str | None = None
     order: str = "raster"
+    recipe: str | None = None
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
@@ -58,19 +63,30 @@ class Variant:
                 f"variant {self.arch!r}: "
                 + ("frame-level, takes no sparsity" if frame_level else "needs a sparsity row")
             )
+        if self.recipe is not None and not RECIPE_NAME.match(self.recipe):
+            raise SpecError(
+                f"variant: bad recipe name {self.recipe!r}; allowed: lower-case letters, digits, _"
+            )
 
     def __str__(self) -> str:
         parts = [self.arch] + ([self.sparsity] if self.sparsity else [])
-        return "-".join(parts + ([self.order] if self.order != "raster" else []))
+        text = "-".join(parts + ([self.order] if self.order != "raster" else []))
+        return text if self.recipe is None else f"{text}+{self.recipe}"
 
     @classmethod
     def parse(cls, text: str) -> Variant:
-        arch, *rest = text.split("-")
+        base, *recipes = text.split("+")
+        if len(recipes) > 1:
+            raise SpecError(f"variant {text!r}: expected <arch>-<sparsity>[-<order>][+<recipe>]")
+        recipe = recipes[0] if recipes else None
+        arch, *rest = base.split("-")
         if arch in ARCHS and ARCHS[arch].frame_level:
-            return cls(arch, None, *rest)
+            if len(rest) > 1:
+                raise SpecError(f"variant {text!r}: expected <arch>[-<order>][+<recipe>]")
+            return cls(arch, None, *rest, recipe=recipe)
         if not rest or len(rest) > 2:
-            raise SpecError(f"variant {text!r}: expected <arch>-<sparsity>[-<order>]")
-        return cls(arch, *rest)
+            raise SpecError(f"variant {text!r}: expected <arch>-<sparsity>[-<order>][+<recipe>]")
+        return cls(arch, *rest, recipe=recipe)
 
 
 @dataclass(frozen=True)
@@ -194,16 +210,21 @@ class Profile:
             return self.chain[0]
         return run.frames
 
+    @property
+    def recipes(self) -> Mapping[str, Any]:
+        return self.config.get("recipes", {})
+
     def variants(self, row: Mapping[str, Any]) -> list[Variant]:
         """Variants of a spec row; `sparsity: each` expands over every sparsity row."""
         arch = row["arch"]
         order = row.get("order", "raster")
+        recipe = row.get("recipe")
         if arch not in ARCHS:
             raise SpecError(
                 f"spec row {dict(row)}: unknown arch {arch!r}; allowed: {list(ARCH_NAMES)}"
             )
         if ARCHS[arch].frame_level:
-            return [Variant(arch, None, order)]
+            return [Variant(arch, None, order, recipe)]
         names = list(self.sparsity) if row.get("sparsity") == "each" else [row["sparsity"]]
         for name in names:
             if name not in self.sparsity:
@@ -211,7 +232,7 @@ class Profile:
                     f"spec row {dict(row)}: sparsity {name!r} is not a row of "
                     f"{self.config['sparsity_table']} ({', '.join(self.sparsity)})"
                 )
-        return [Variant(arch, name, order) for name in names]
+        return [Variant(arch, name, order, recipe) for name in names]
 
     def resolve(self, run: Run) -> dict[str, Any]:
         """The run's full RunConfig as plain data, checked by `load_config` (errors name keys)."""
@@ -226,6 +247,14 @@ class Profile:
         ]
         if run.dataset is not None:
             layers.append(stage.get("by_dataset", {}).get(run.dataset, {}))
+        recipe = run.variant.recipe
+        if recipe is not None:
+            if recipe not in self.recipes:
+                raise SpecError(
+                    f"profile {self.name!r}, run {run.path}: no recipe {recipe!r} in `recipes`"
+                    f" ({', '.join(self.recipes) or 'none configured'})"
+                )
+            layers.append(self.recipes[recipe].get(run.stage, {}))
         merged = reduce(merge, layers, {})
         merged = merge(merged, self._sparsity_settings(run, merged))
         merged = merge(merged, self._run_settings(run))
@@ -289,6 +318,14 @@ def _probe_settings(probe: str | None) -> dict[str, Any]:
     return {"frame_order": probe}
 
 
+def run_chain(profile: Profile, run: Run) -> list[Run]:
+    """`run` and every run whose checkpoint it starts from, back to the chain's start."""
+    chain = [run]
+    while (earlier := profile.loads(chain[-1])) is not None:
+        chain.append(earlier)
+    return chain
+
+
 def probe_name(keep_rate: float) -> str:
     """The probe id of an evaluation at visual keep rate `keep_rate` (Figure A1)."""
     return f"keep{keep_rate:g}"
@@ -306,12 +343,15 @@ class TableRow:
 
 def table_rows(profile: Profile, spec: Mapping[str, Any]) -> list[TableRow]:
     """This profile's rows of a results table spec (layouts `retrieval` and `probe`): a row
-    whose arch the profile does not configure (no `archs.<arch>`) is not one of them."""
+    whose arch or recipe the profile does not configure (no `archs.<arch>`, no
+    `recipes.<recipe>`) is not one of them."""
     layout = spec["layout"]
     out = []
     for row in spec["rows"]:
         variants = profile.variants(row)  # an unknown arch fails here, configured or not
         if row["arch"] not in profile.config["archs"]:
+            continue
+        if row.get("recipe") is not None and row["recipe"] not in profile.recipes:
             continue
         for variant in variants:
             frames = int(row["frames"])

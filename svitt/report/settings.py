@@ -1,19 +1,21 @@
 """Which settings a table row's runs use that the paper's recipe does not.
 
 The paper's recipe is the paper profile (`workflow/config/paper.yaml`): the same run resolved
-there is the reference. A row's runs are compared with it along the settings that change
-what a model learns (its losses, the time-reversed twins, position embeddings, where its
-weights start), not along its scale (widths, epochs, batch sizes), which every small
-profile changes by design. The labels come from the two resolved configs, so a profile that
-changes a setting changes its tables' text.
+there, without the variant's recipe (`recipes`: the paper has one recipe, its own), is the
+reference. A row's runs are compared with it along the settings that change what a model
+learns (its losses, the time-reversed twins, position embeddings, where its weights start),
+not along its scale (widths, epochs, batch sizes), which every small profile changes by
+design. The labels come from the two resolved configs, so a profile that changes a setting
+changes its tables' text.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import replace
 
 from svitt.config import RunConfig, load_config
-from svitt.plan.runs import Profile, Run
+from svitt.plan.runs import Profile, Run, run_chain
 
 
 def _losses(cfg: RunConfig, paper: RunConfig) -> list[str]:
@@ -59,14 +61,6 @@ def _start(cfg: RunConfig, paper: RunConfig) -> list[str]:
 SETTINGS = (_losses, _twins, _positions, _start)
 
 
-def run_chain(profile: Profile, run: Run) -> list[Run]:
-    """`run` and every run whose checkpoint it starts from, back to the chain's start."""
-    chain = [run]
-    while (earlier := profile.loads(chain[-1])) is not None:
-        chain.append(earlier)
-    return chain
-
-
 def non_paper_settings(profile: Profile, paper: Profile, runs: Iterable[Run]) -> str:
     """The settings of `runs` (and the runs they start from) that differ from the same runs
     in `paper`, in `SETTINGS` order; "" where there are none."""
@@ -75,7 +69,10 @@ def non_paper_settings(profile: Profile, paper: Profile, runs: Iterable[Run]) ->
         for step in run_chain(profile, run):
             if step.variant.arch not in paper.config["archs"]:
                 continue  # not a run of the paper profile: nothing to compare with
-            ours, theirs = load_config(profile.resolve(step)), load_config(paper.resolve(step))
+            # The paper has one recipe, its own: a recipe's run compares with the plain run.
+            paper_step = replace(step, variant=replace(step.variant, recipe=None))
+            ours = load_config(profile.resolve(step))
+            theirs = load_config(paper.resolve(paper_step))
             for found, setting in zip(labels, SETTINGS, strict=True):
                 found.update(dict.fromkeys(setting(ours, theirs)))
     return ", ".join(label for found in labels for label in found)

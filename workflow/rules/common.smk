@@ -14,6 +14,7 @@ from svitt.plan.runs import (
     Run,
     Variant,
     figure_a1_runs,
+    run_chain,
     table_runs,
 )
 from svitt.plan.specs import SpecError, load_datasets, load_spec
@@ -94,7 +95,7 @@ ENV = "../envs/svitt.yaml"
 
 
 wildcard_constraints:
-    variant=r"[A-Za-z0-9_]+(-[A-Za-z0-9_]+)*",
+    variant=r"[A-Za-z0-9_]+(-[A-Za-z0-9_]+)*(\+[a-z0-9_]+)?",
     frames=r"[0-9]+",
     dataset=r"[a-z0-9_]+",
     probe="|".join(FRAME_ORDERS) + r"|keep[0-9.]+",
@@ -248,11 +249,12 @@ def table_and_figure_runs():
 def check_runs():
     """Resolve every run of the targets once at start-up: a bad RunConfig key anywhere (e.g.
     `run.model.vision.dept`) stops the workflow with one line naming it, where an input
-    function's error would come as a traceback in the middle of the DAG."""
+    function's error would come as a traceback in the middle of the DAG. With the runs they
+    start from: a recipe's pre-training chain is no target of its own."""
     try:
         runs = table_and_figure_runs() + extra_runs()
         runs += [tokens_run(figure) for figure in TOKENS_SPEC["figures"]]
-        for run in dict.fromkeys(runs):
+        for run in dict.fromkeys(step for run in runs for step in run_chain(PROFILE, run)):
             PROFILE.resolve(run)
     except SpecError as err:
         sys.exit(str(err))
