@@ -509,34 +509,23 @@ _MIXED = {
     "seq_same": 0.15,
     "seq_two": 0.2,
 }
+# Mostly descriptive, the least temporal (MSR-VTT)
+_DESCRIPTIVE = {"still1": 0.3, "still2": 0.4, "move1": 0.2, "show1": 0.1}
+# Mostly two events in turn (DiDeMo's moments)
+_SEQUENTIAL = {"still2": 0.1, "move1": 0.1, "seq_same": 0.3, "seq_two": 0.5}
+# One moving or appearing object: template labels, the most temporal (SSv2-Label)
+_SINGLE_ACTION = {"still1": 0.1, "move1": 0.6, "show1": 0.3}
+# Compositional actions (AGQA)
+_COMPOSITIONAL = {"move1": 0.2, "show1": 0.1, "seq_same": 0.3, "seq_two": 0.4}
 RECIPES: dict[str, Recipe] = {
     "webvid": Recipe(16, _MIXED, "caption", with_size=0.3, mention_static=0.3),
-    # MSR-VTT: mostly descriptive, the least temporal
-    "msrvtt": Recipe(
-        16,
-        {"still1": 0.3, "still2": 0.4, "move1": 0.2, "show1": 0.1},
-        "caption",
-        with_size=0.5,
-        mention_static=0.7,
-    ),
-    "didemo": Recipe(
-        24,
-        {"still2": 0.1, "move1": 0.1, "seq_same": 0.3, "seq_two": 0.5},
-        "paragraph",
-        with_size=0.3,
-        mention_static=0.5,
-    ),
+    "msrvtt": Recipe(16, _DESCRIPTIVE, "caption", with_size=0.5, mention_static=0.7),
+    "didemo": Recipe(24, _SEQUENTIAL, "paragraph", with_size=0.3, mention_static=0.5),
     "charades": Recipe(24, _MIXED, "caption", with_size=0.3, mention_static=0.3),
-    # SSv2-Label: template labels about one moving/appearing object, the most temporal
-    "ssv2_label": Recipe(16, {"still1": 0.1, "move1": 0.6, "show1": 0.3}, "label"),
+    "ssv2_label": Recipe(16, _SINGLE_ACTION, "label"),
     "msrvtt_qa": Recipe(16, _MIXED, "qa", temporal_questions=0.2),
     "anet_qa": Recipe(24, _MIXED, "qa", temporal_questions=0.5),
-    "agqa": Recipe(
-        24,
-        {"move1": 0.2, "show1": 0.1, "seq_same": 0.3, "seq_two": 0.4},
-        "qa",
-        temporal_questions=0.75,
-    ),
+    "agqa": Recipe(24, _COMPOSITIONAL, "qa", temporal_questions=0.75),
 }
 
 
