@@ -23,7 +23,7 @@ from svitt.report.claims import (
     write_claims,
 )
 from svitt.report.intervals import Interval
-from svitt.report.outcomes import metric_outcomes, outcomes_path
+from svitt.report.outcomes import outcomes_path, read_outcomes
 
 REPO = Path(__file__).resolve().parents[1]
 QUERIES = 40
@@ -218,33 +218,33 @@ def test_spec_errors_name_the_row(workdir: Path, cells: str, message: str) -> No
 # --- the outcomes loader --------------------------------------------------------------------
 
 
-def test_metric_outcomes_per_query(tmp_path: Path) -> None:
+def test_outcome_values_per_query(tmp_path: Path) -> None:
     path = tmp_path / "outcomes.json"
     path.write_text(json.dumps({"task": "retrieval", "query": [0, 1, 2, 3], "rank": [0, 3, 7, 12]}))
-    assert list(metric_outcomes(path, "r1")) == [1.0, 0.0, 0.0, 0.0]
-    assert list(metric_outcomes(path, "r5")) == [1.0, 1.0, 0.0, 0.0]
-    assert list(metric_outcomes(path, "r10")) == [1.0, 1.0, 1.0, 0.0]
-    assert metric_outcomes(path, "mean_recall") == pytest.approx([1.0, 2 / 3, 1 / 3, 0.0])
+    assert list(read_outcomes(path).values("r1")) == [1.0, 0.0, 0.0, 0.0]
+    assert list(read_outcomes(path).values("r5")) == [1.0, 1.0, 0.0, 0.0]
+    assert list(read_outcomes(path).values("r10")) == [1.0, 1.0, 1.0, 0.0]
+    assert read_outcomes(path).values("mean_recall") == pytest.approx([1.0, 2 / 3, 1 / 3, 0.0])
     qa = tmp_path / "qa.json"
     qa.write_text(json.dumps({"task": "qa", "question_id": [7, 8], "correct": [1, 0]}))
-    assert list(metric_outcomes(qa, "accuracy")) == [1.0, 0.0]
+    assert list(read_outcomes(qa).values("accuracy")) == [1.0, 0.0]
     with pytest.raises(SpecError, match=r"qa.json: no metric 'r1' in qa outcomes; allowed"):
-        metric_outcomes(qa, "r1")
+        read_outcomes(qa).values("r1")
 
 
 def test_outcomes_loader_errors(tmp_path: Path) -> None:
     path = tmp_path / "outcomes.json"
     with pytest.raises(MissingFileError, match=r"outcomes file not found: .*outcomes.json"):
-        metric_outcomes(path, "r1")
+        read_outcomes(path).values("r1")
     path.write_text(json.dumps({"task": "retrieval", "query": [0], "rank": [0]}))
     with pytest.raises(SpecError, match=r"unknown metric 'recall'; allowed: \['r1'"):
-        metric_outcomes(path, "recall")
+        read_outcomes(path).values("recall")
     path.write_text(json.dumps({"task": "retrieval", "query": [0, 1], "rank": [0]}))
     with pytest.raises(UnreadableFileError, match=r"must be non-empty and of one length"):
-        metric_outcomes(path, "r1")
+        read_outcomes(path).values("r1")
     path.write_text(json.dumps({"task": "ranking"}))
     with pytest.raises(UnreadableFileError, match=r"key 'task' must be one of"):
-        metric_outcomes(path, "r1")
+        read_outcomes(path).values("r1")
     path.write_text("{")
     with pytest.raises(UnreadableFileError, match=r"not JSON"):
-        metric_outcomes(path, "r1")
+        read_outcomes(path).values("r1")

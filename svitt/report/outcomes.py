@@ -40,7 +40,10 @@ class Outcomes:
     scores: np.ndarray  # rank of the first positive (retrieval) or 1/0 correct (QA)
 
     def values(self, metric: str) -> np.ndarray:
-        """Per-query values in [0, 1] whose mean is `metric` of the run (as a fraction)."""
+        """Per-query values in [0, 1] whose mean is `metric` (r1, r5, r10, mean_recall,
+        accuracy) of the run, as a fraction."""
+        if metric not in METRICS:
+            raise SpecError(f"unknown metric {metric!r}; allowed: {list(METRICS)}")
         allowed = [*RETRIEVAL_METRICS, "mean_recall"] if self.task == "retrieval" else ["accuracy"]
         if metric not in allowed:
             raise SpecError(
@@ -73,14 +76,6 @@ def read_outcomes(path: str | Path) -> Outcomes:
         raise UnreadableFileError(f"{path}: {list(fields)} must be non-empty and of one length")
     ids, scores = data[fields[0]], data[fields[1]]
     return Outcomes(path, task, tuple(ids), np.asarray(scores, dtype=np.int64))
-
-
-def metric_outcomes(path: str | Path, metric: str) -> np.ndarray:
-    """Per-query values in [0, 1] of `metric` (r1, r5, r10, mean_recall, accuracy) of the run
-    whose outcomes.json is `path`: their mean is the run's metric."""
-    if metric not in METRICS:
-        raise SpecError(f"unknown metric {metric!r}; allowed: {list(METRICS)}")
-    return read_outcomes(path).values(metric)
 
 
 def outcomes_path(profile: Profile, run: Run) -> str:

@@ -35,7 +35,7 @@ from svitt.report.baselines import (
     retrieval_reference,
 )
 from svitt.report.intervals import Interval, mean_interval, paired_difference
-from svitt.report.outcomes import RECALL_KS, metric_outcomes, outcomes_path, read_outcomes
+from svitt.report.outcomes import RECALL_KS, outcomes_path, read_outcomes
 from svitt.report.settings import non_paper_settings
 from svitt.sparsity import count_edges
 
@@ -84,17 +84,31 @@ def _with_interval(column: str, value: float, interval: Interval) -> dict[str, f
     }
 
 
-def run_interval(profile: Profile, run: Run, metric: str) -> tuple[float, Interval]:
-    """The run's metric from its metrics.json and the bootstrap interval of its per-query
-    outcomes, which must agree with it."""
+def run_outcomes(
+    profile: Profile, run: Run, metric: str, questions: frozenset[int] | None = None
+) -> tuple[float, np.ndarray]:
+    """The run's metric in percent and its per-query outcomes (`outcomes.json`): over every
+    test query, where the value is metrics.json's and the outcomes must agree with it, or
+    over the test questions `questions` alone."""
+    path = outcomes_path(profile, run)
+    outcomes = read_outcomes(path)
+    values = outcomes.values(metric)
+    if questions is not None:
+        values = values[np.array([question in questions for question in outcomes.ids])]
+        return 100.0 * float(values.mean()), values
     value = read_metric(profile.metrics(run), metric)
-    interval = mean_interval(metric_outcomes(outcomes_path(profile, run), metric))
-    if not math.isclose(interval.value, value, abs_tol=1e-6):
+    if not math.isclose(100.0 * float(values.mean()), value, abs_tol=1e-6):
         raise SpecError(
-            f"{outcomes_path(profile, run)}: {metric} of the per-query outcomes is "
-            f"{interval.value:.4f}, metrics.json says {value:.4f}; rerun the evaluation"
+            f"{path}: {metric} of the per-query outcomes is {100.0 * values.mean():.4f}, "
+            f"metrics.json says {value:.4f}; rerun the evaluation"
         )
-    return value, interval
+    return value, values
+
+
+def run_interval(profile: Profile, run: Run, metric: str) -> tuple[float, Interval]:
+    """The run's metric (`run_outcomes`) and the bootstrap interval of its outcomes."""
+    value, values = run_outcomes(profile, run, metric)
+    return value, mean_interval(values)
 
 
 def _pretrain_label(profile: Profile) -> str:
@@ -281,16 +295,6 @@ def _probe_label(column: Mapping[str, Any], labels: Mapping[str, Any]) -> str:
     return f"{label} {column['questions']}" if "questions" in column else label
 
 
-def _group_outcomes(
-    profile: Profile, run: Run, metric: str, ids: frozenset[int]
-) -> tuple[float, np.ndarray]:
-    """Accuracy in percent over the questions `ids` and their per-question outcomes."""
-    outcomes = read_outcomes(outcomes_path(profile, run))
-    keep = np.array([question in ids for question in outcomes.ids])
-    values = outcomes.values(metric)[keep]
-    return 100.0 * float(values.mean()), values
-
-
 def _probe_cells(
     profile: Profile, spec: Mapping[str, Any], row: TableRow, labels: Mapping[str, Any]
 ) -> dict[str, float]:
@@ -301,22 +305,17 @@ def _probe_cells(
         dataset, metric = column["dataset"], column["metric"]
         normal_run, probed_run = row.runs[(dataset, "N")], row.runs[(dataset, "S")]
         label = _probe_label(column, labels)
+        ids = None
         if "questions" in column:
             ids = group_question_ids(profile.config["data"]["root"], dataset, column["questions"])
             if not ids:  # no question types in this dataset's files, or none of the group
                 out.update(dict.fromkeys((f"{label} N", f"{label} S", f"{label} Δ")))
                 continue
-            normal, normal_values = _group_outcomes(profile, normal_run, metric, ids)
-            probed, probed_values = _group_outcomes(profile, probed_run, metric, ids)
-            normal_interval, probed_interval = map(mean_interval, (normal_values, probed_values))
-        else:
-            normal, normal_interval = run_interval(profile, normal_run, metric)
-            probed, probed_interval = run_interval(profile, probed_run, metric)
-            normal_values = metric_outcomes(outcomes_path(profile, normal_run), metric)
-            probed_values = metric_outcomes(outcomes_path(profile, probed_run), metric)
+        normal, normal_values = run_outcomes(profile, normal_run, metric, ids)
+        probed, probed_values = run_outcomes(profile, probed_run, metric, ids)
+        out.update(_with_interval(f"{label} N", normal, mean_interval(normal_values)))
+        out.update(_with_interval(f"{label} S", probed, mean_interval(probed_values)))
         drop = paired_difference(normal_values, probed_values)
-        out.update(_with_interval(f"{label} N", normal, normal_interval))
-        out.update(_with_interval(f"{label} S", probed, probed_interval))
         out.update(_with_interval(f"{label} Δ", normal - probed, drop))
     return out
 
