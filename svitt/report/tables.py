@@ -90,13 +90,14 @@ def run_outcomes(
     """The run's metric in percent and its per-query outcomes (`outcomes.json`): over every
     test query, where the value is metrics.json's and the outcomes must agree with it, or
     over the test questions `questions` alone."""
+    # metrics.json first: a run not yet evaluated is named by its metrics file
+    value = read_metric(profile.metrics(run), metric) if questions is None else None
     path = outcomes_path(profile, run)
     outcomes = read_outcomes(path)
     values = outcomes.values(metric)
     if questions is not None:
         values = values[np.array([question in questions for question in outcomes.ids])]
         return 100.0 * float(values.mean()), values
-    value = read_metric(profile.metrics(run), metric)
     if not math.isclose(100.0 * float(values.mean()), value, abs_tol=1e-6):
         raise SpecError(
             f"{path}: {metric} of the per-query outcomes is {100.0 * values.mean():.4f}, "
