@@ -18,7 +18,10 @@ from svitt.report.claims import (
     SKIPPED,
     check_claims,
     claim_runs,
+    claims_frame,
     load_claims,
+    parse_difference,
+    to_markdown,
     verdict,
     write_claims,
 )
@@ -99,6 +102,34 @@ def test_all_hits_against_all_misses(workdir: Path) -> None:
     # Hybrid drops by 0, dense by 100: the difference of the drops is -100 points.
     larger = verdicts["A8-hybrid-vs-dense-anet_qa"]
     assert (larger.verdict, larger.interval.value) == ("contradicted", -100.0)
+
+
+def test_two_seeds_pool_their_pairs_and_show_the_spread(workdir: Path) -> None:
+    profile = Profile(
+        {**yaml.safe_load((REPO / "workflow/config/default.yaml").read_text()), "seeds": [0, 1]}
+    )
+    write_all_outcomes(profile)
+    # Seed 1's hybrid answers every question right in order and wrong shuffled: a drop of
+    # 100 points there, 0 for seed 0.
+    write_outcomes(profile, "finetune-qa/svitt-hybrid@seed1/T8/anet_qa", np.ones(QUERIES))
+    write_outcomes(profile, "finetune-qa/svitt-hybrid@seed1/T8/anet_qa/shuffle", np.zeros(QUERIES))
+    verdicts = by_id(profile)
+    drop = verdicts["A8-hybrid-anet_qa"]
+    assert drop.interval.value == 50.0  # pooled: half the pairs differ by 1
+    assert 35.0 < drop.interval.low < 50.0 < drop.interval.high < 65.0  # 80 pairs: about ±11
+    assert round(drop.std, 2) == 70.71  # stdev(0, 100)
+    assert verdicts["A8-dense-anet_qa"].std == 0.0
+    markdown = to_markdown(profile, list(verdicts.values()))
+    assert "50.0 ± 70.7 [" in markdown and "Training seeds 0, 1" in markdown
+    assert "std" in claims_frame(list(verdicts.values())).columns
+
+
+def test_a_claim_names_no_seed(workdir: Path) -> None:
+    with pytest.raises(SpecError, match=r"names a seed; a claim compares the runs of every seed"):
+        parse_difference(
+            "finetune-qa/svitt-hybrid@seed1/T8/anet_qa - finetune-qa/svitt-dense/T8/anet_qa",
+            "row 1",
+        )
 
 
 def test_noisy_difference_is_inconclusive(workdir: Path) -> None:

@@ -20,6 +20,7 @@ from svitt.plan.runs import (
     table_runs,
 )
 from svitt.plan.specs import SpecError, load_sparsity_table, load_spec
+from svitt.report.intervals import mean_interval
 from svitt.report.outcomes import outcomes_path
 from svitt.report.settings import non_paper_settings
 from svitt.report.tables import (
@@ -56,6 +57,8 @@ def synthetic_profile() -> Profile:
         "pretrain/svitt-hybrid+plain/T4",
         "finetune-qa/svitt-hybrid-morton+plain/T8/anet_qa/shuffle",
         "zero-shot/singularity+plain/T4/msrvtt/normal",
+        "pretrain/svitt-hybrid@seed1/T4",
+        "finetune-qa/svitt-hybrid-morton+plain@seed12/T8/anet_qa/shuffle",
     ],
 )
 def test_run_paths_round_trip(path: str) -> None:
@@ -82,6 +85,10 @@ def test_a_recipe_is_its_own_part_of_the_variant() -> None:
         "pretrain/svitt-hybrid+plain+more/T4",
         "pretrain/svitt-hybrid+Plain/T4",
         "pretrain/singularity-raster-x/T4",
+        "pretrain/svitt-hybrid@seed0/T4",  # seed 0 is the plain path
+        "pretrain/svitt-hybrid@seed/T4",
+        "pretrain/svitt-hybrid@1/T4",
+        "pretrain/svitt-hybrid@seed1+plain/T4",  # the seed comes last
     ],
 )
 def test_bad_run_paths_are_rejected(path: str) -> None:
@@ -109,6 +116,50 @@ def test_progressive_chain_and_evaluation_sources(workdir: Path) -> None:
     assert profile.loads(probe) == finetuned
     assert probe.command == "eval-retrieval"
     assert Run("finetune-qa", hybrid, 8, "anet_qa", "shuffle").command == "eval-qa"
+
+
+def test_seeds_multiply_the_runs_and_set_the_training_seed(workdir: Path) -> None:
+    config = load_profile_config("default")
+    assert Profile(config).seeds == (0,)
+    profile = Profile({**config, "seeds": [0, 3]})
+    hybrid = Variant("svitt", "hybrid")
+    probe = Run("finetune-qa", hybrid, 8, "anet_qa", "shuffle")
+    assert [run.path for run in profile.replicates(probe)] == [
+        "finetune-qa/svitt-hybrid/T8/anet_qa/shuffle",
+        "finetune-qa/svitt-hybrid@seed3/T8/anet_qa/shuffle",
+    ]
+    seeded = profile.replicates(probe)[1]
+    # A seed's chain is its own, back to the chain's start.
+    assert [step.path for step in run_chain(profile, seeded)[1:]] == [
+        "finetune-qa/svitt-hybrid@seed3/T8/anet_qa",
+        "pretrain/svitt-hybrid@seed3/T8",
+        "pretrain/svitt-hybrid@seed3/T4",
+    ]
+    assert [load_config(profile.resolve(step)).seed for step in run_chain(profile, seeded)] == [
+        3
+    ] * 4
+    # The seed is the only difference between the two seeds' configs.
+    first, other = (profile.resolve(run) for run in profile.replicates(probe))
+    assert {**other, "seed": 0, "tags": first["tags"]} == first
+    assert list(first) == list(other) and next(iter(first)) == "seed"
+    rows = table_rows(profile, load_spec(profile.ablations, "A8"))
+    assert all(len(runs) == 2 for row in rows for runs in row.runs.values())
+    assert len(table_runs(profile, "A8")) == 2 * len(table_runs(Profile(config), "A8"))
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"seeds": []}, r"seeds: got \[\]; allowed: a non-empty list of distinct integers"),
+        ({"seeds": [0, 0]}, r"seeds: got \[0, 0\]; allowed"),
+        ({"seeds": [0, -1]}, r"seeds: got \[0, -1\]; need >= 0"),
+        ({"seeds": "0"}, r"seeds: got '0'"),
+        ({"run": {"seed": 1}}, r"run.seed is set per run from the top-level `seeds` list"),
+    ],
+)
+def test_bad_seeds_are_named(change: dict, message: str) -> None:
+    with pytest.raises(SpecError, match=message):
+        Profile({**load_profile_config("default"), **change})
 
 
 def test_resolved_config_layers(workdir: Path) -> None:
@@ -440,6 +491,44 @@ def test_probe_table_delta_and_missing_metric(workdir: Path) -> None:
         build_table(profile, "A8", paper_profile())
 
 
+def test_two_seeds_give_mean_std_and_a_pooled_interval(workdir: Path) -> None:
+    profile = Profile({**load_profile_config("default"), "seeds": [0, 1]})
+    # Seed 0 answers the four static questions 3/4 normal, 2/4 shuffled; seed 1 4/4 and 4/4.
+    answers = {
+        (0, None): [1, 1, 1, 0, 1],
+        (0, "shuffle"): [1, 1, 0, 0, 0],
+        (1, None): [1, 1, 1, 1, 1],
+        (1, "shuffle"): [1, 1, 1, 1, 0],
+    }
+    for run in table_runs(profile, "A8"):
+        if run.task == "finetune-retrieval":
+            write_retrieval_run(profile, run, (1, 1, 1))
+        else:
+            write_qa_run(profile, run, answers[(run.seed, run.probe)])
+    write_retrieval_split("ssv2_label")
+    write_qa_split("anet_qa")
+    table = build_table(profile, "A8", paper_profile())
+    hybrid = table.frame[table.frame.sparsity == "Hybrid"].iloc[0]
+    assert hybrid["ActivityNet-QA static N"] == 87.5  # (75 + 100) / 2
+    assert hybrid["ActivityNet-QA static N std"] == 17.7  # stdev(75, 100)
+    assert hybrid["ActivityNet-QA static Δ"] == 12.5  # (25 + 0) / 2
+    assert hybrid["ActivityNet-QA static Δ std"] == 17.7
+    # Identical seeds: no deviation; the pooled interval is the one of the pooled outcomes.
+    assert hybrid["SSv2-Label N std"] == 0.0
+    pooled = mean_interval([1, 1, 1, 0, 1, 1, 1, 1, 1, 1])
+    assert (hybrid["ActivityNet-QA N low"], hybrid["ActivityNet-QA N high"]) == (
+        round(pooled.low, 1),
+        round(pooled.high, 1),
+    )
+    paths = write_table(table, workdir / "tables")
+    markdown = paths[1].read_text()
+    assert (
+        "87.5 ± 17.7 [" in markdown
+        and "standard deviation over the training seeds 0, 1" in markdown
+    )
+    assert "N std" in paths[0].read_text() and "N std" not in markdown
+
+
 def test_outcomes_that_disagree_with_metrics_are_refused(workdir: Path) -> None:
     profile = synthetic_profile()
     for run in table_runs(profile, "A3"):
@@ -455,13 +544,16 @@ def test_outcomes_that_disagree_with_metrics_are_refused(workdir: Path) -> None:
 def test_the_paper_profile_has_no_non_paper_settings(workdir: Path) -> None:
     paper = paper_profile()
     rows = table_rows(paper, load_spec(paper.ablations, "A8"))
-    assert {non_paper_settings(paper, paper, row.runs.values()) for row in rows} == {""}
+    runs = [[run for seeds in row.runs.values() for run in seeds] for row in rows]
+    assert {non_paper_settings(paper, paper, row) for row in runs} == {""}
 
 
 def test_figure_a1_sweep_covers_each_rate(workdir: Path) -> None:
     profile = synthetic_profile()
     spec = load_spec(profile.ablations, "figure_A1")
-    runs = figure_a1_runs(profile, spec)
+    points = figure_a1_runs(profile, spec)
+    assert all(len(point) == 1 for point in points)  # one training seed
+    runs = [run for (run,) in points]
     assert len(runs) == len(spec["frames"]) * len(spec["datasets"]) * len(spec["keep_rates"])
     assert {run.variant for run in runs} == {Variant("svitt", "dense")}
     assert all(run.task == "zero-shot" and run.probe.startswith("keep") for run in runs)

@@ -183,6 +183,31 @@ def test_a_recipe_row_adds_exactly_its_jobs(workflow_copy: Path) -> None:
     }
 
 
+SEEDS = ".test/seeds.yaml"  # seeds: [0, 1], over the CI config
+
+
+def run_paths(output: str) -> set[str]:
+    """The run of every metrics.json a dry-run plans."""
+    return set(re.findall(r"runs/([^\s,]+)/metrics\.json", output))
+
+
+def test_a_second_seed_adds_each_run_once_more(workflow_copy: Path) -> None:
+    one = snakemake(workflow_copy, "-n", "tables", *CI)
+    two = snakemake(workflow_copy, "-n", "tables", *CI, SEEDS)
+    assert one.returncode == 0 and two.returncode == 0, one.stderr[-3000:] + two.stderr[-3000:]
+    runs = run_paths(one.stdout)
+
+    def seeded(path: str) -> str:
+        task, model, *rest = path.split("/")
+        return "/".join([task, f"{model}@seed1", *rest])
+
+    assert run_paths(two.stdout) == runs | {seeded(path) for path in runs}
+    counts, more = job_counts(one.stdout), job_counts(two.stdout)
+    for rule in ("pretrain", "finetune", "probe_finetuned", "zero_shot"):
+        assert more[rule] == 2 * counts[rule], rule
+    assert more["validate_data"] == counts["validate_data"]  # the data are the seeds' own
+
+
 def test_revalidating_one_dataset_reruns_only_its_jobs(workflow_copy: Path) -> None:
     # Every output of the CI-sized DAG as an empty file, then `--touch` puts them in DAG order:
     # a finished run, as far as Snakemake can tell.
@@ -281,3 +306,11 @@ def test_ci_dag_runs_end_to_end(workflow_copy: Path) -> None:
     assert a3[a3.source == "ci"]["MSR-VTT Mean"].notna().all()
     again = snakemake(workflow_copy, "tables", *configs)
     assert "Nothing to be done" in again.stdout + again.stderr
+    # A second seed: Table A8 over both, with the seed-0 runs reused.
+    seeds = snakemake(workflow_copy, "results/ci/tables/A8.csv", *configs, SEEDS, timeout=600)
+    assert seeds.returncode == 0, seeds.stderr[-5000:]
+    assert "runs/pretrain/svitt-hybrid/T4/" not in seeds.stdout + seeds.stderr
+    a8 = pd.read_csv(tables / "A8.csv")
+    ours = a8[(a8.source == "ci") & a8["SSv2-Label N std"].notna()]
+    assert len(ours) == 5  # every model row; the baselines have no seeds
+    assert "± " in (tables / "A8.md").read_text()

@@ -2,26 +2,29 @@
 
 A run is a path under `results/<profile>/runs/`:
 
-    pretrain/<variant>/T<frames>
-    zero-shot/<variant>/T<frames>/<dataset>/<probe>
-    finetune-retrieval/<variant>/T<frames>/<dataset>[/<probe>]
-    finetune-qa/<variant>/T<frames>/<dataset>[/<probe>]
-    tokens/<variant>/T<frames>/<dataset>
+    pretrain/<model>/T<frames>
+    zero-shot/<model>/T<frames>/<dataset>/<probe>
+    finetune-retrieval/<model>/T<frames>/<dataset>[/<probe>]
+    finetune-qa/<model>/T<frames>/<dataset>[/<probe>]
+    tokens/<model>/T<frames>/<dataset>
 
-`<variant>` is `<arch>-<sparsity>[-<order>][+<recipe>]` (`singularity`, `singularity_temporal`
-alone: frame-level, no sparsity); `<recipe>` names one of the profile's `recipes`; `<probe>` is
-`normal`, `shuffle`, `reverse` or `keep<q_v>`. The Snakefile and the report code both derive
-paths from here, so a table always reads exactly the runs the DAG produced. A run's config is
-the profile's `run` section, then its architecture's settings, then the stage's `settings`,
-`by_frames` and `by_dataset`, then the stage's part of the variant's recipe, then the sparsity
-row, then the run's own keys (frames, dataset, probe), each merged over the previous.
+`<model>` is the variant, `<arch>-<sparsity>[-<order>][+<recipe>]` (`singularity`,
+`singularity_temporal` alone: frame-level, no sparsity), then `@seed<N>` for a training seed
+other than 0; `<recipe>` names one of the profile's `recipes`; `<probe>` is `normal`,
+`shuffle`, `reverse` or `keep<q_v>`. Seed 0's runs keep the plain path, so adding seeds to a
+profile's `seeds` only adds runs. The Snakefile and the report code both derive paths from
+here, so a table always reads exactly the runs the DAG produced. A run's config is its seed,
+then the profile's `run` section, then its architecture's settings, then the stage's
+`settings`, `by_frames` and `by_dataset`, then the stage's part of the variant's recipe, then
+the sparsity row, then the run's own keys (frames, dataset, probe), each merged over the
+previous.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import reduce
 from pathlib import Path
 from typing import Any
@@ -38,6 +41,9 @@ PAPER_FRAME_TOKENS = 196
 _PROBE = re.compile(rf"^({'|'.join(FRAME_ORDERS)}|keep(0(\.[0-9]+)?|1(\.0+)?))$")
 # A recipe name: no "-" (it separates arch, sparsity and order) and no "+" (it starts the recipe).
 RECIPE_NAME = re.compile(r"^[a-z0-9_]+$")
+# A training seed other than 0 after the variant: `svitt-hybrid@seed1`.
+SEED_MARK = "@seed"
+_SEED = re.compile(r"^(?P<variant>[^@]+)(@seed(?P<seed>[1-9][0-9]*))?$")
 
 
 @dataclass(frozen=True)
@@ -89,6 +95,14 @@ class Variant:
         return cls(arch, *rest, recipe=recipe)
 
 
+def parse_model(text: str) -> tuple[Variant, int]:
+    """A run path's model component, `<variant>[@seed<N>]`, as (variant, training seed)."""
+    match = _SEED.match(text)
+    if match is None:
+        raise SpecError(f"run model {text!r}: expected <variant>[{SEED_MARK}<N>], N >= 1")
+    return Variant.parse(match["variant"]), int(match["seed"] or 0)
+
+
 @dataclass(frozen=True)
 class Run:
     task: str
@@ -96,6 +110,7 @@ class Run:
     frames: int
     dataset: str | None = None
     probe: str | None = None  # an evaluation of the trained run with these overrides
+    seed: int = 0  # the training seed; an evaluation has its trained run's
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -110,10 +125,17 @@ class Run:
             raise SpecError("run zero-shot: a probe is required (normal for the plain evaluation)")
         if self.task in ("pretrain", "tokens") and self.probe is not None:
             raise SpecError(f"run {self.task}: takes no probe")
+        if self.seed < 0:
+            raise SpecError(f"run: bad seed {self.seed}; allowed: an integer >= 0")
+
+    @property
+    def model(self) -> str:
+        """The path's model component: the variant and a seed other than 0."""
+        return f"{self.variant}{SEED_MARK}{self.seed}" if self.seed else str(self.variant)
 
     @property
     def path(self) -> str:
-        parts = [self.task, str(self.variant), f"T{self.frames}", self.dataset, self.probe]
+        parts = [self.task, self.model, f"T{self.frames}", self.dataset, self.probe]
         return "/".join(p for p in parts if p is not None)
 
     @classmethod
@@ -121,18 +143,19 @@ class Run:
         parts = path.strip("/").split("/")
         if len(parts) < 3 or not re.fullmatch(r"T[0-9]+", parts[2]):
             raise SpecError(f"run path {path!r}: expected <task>/<variant>/T<frames>[/...]")
-        task, variant, frames, *rest = parts
+        task, model, frames, *rest = parts
         if len(rest) > 2:
             raise SpecError(f"run path {path!r}: too many components")
-        return cls(task, Variant.parse(variant), int(frames[1:]), *rest)
+        variant, seed = parse_model(model)
+        return cls(task, variant, int(frames[1:]), *rest, seed=seed)
 
     @property
     def trained(self) -> Run:
         """The run whose training this one evaluates (itself for training runs)."""
         if self.task in ("zero-shot", "tokens"):
-            return Run("pretrain", self.variant, self.frames)
+            return replace(self, task="pretrain", dataset=None, probe=None)
         if self.probe is not None:
-            return Run(self.task, self.variant, self.frames, self.dataset)
+            return replace(self, probe=None)
         return self
 
     @property
@@ -163,6 +186,11 @@ class Profile:
             row.name: row for row in load_sparsity_table(config["sparsity_table"])
         }
         self.ablations = Path(config["ablations"])
+        self.seeds: tuple[int, ...] = _seeds(config)
+
+    def replicates(self, run: Run) -> tuple[Run, ...]:
+        """`run` once per training seed of the profile, in the order of `seeds`."""
+        return tuple(replace(run, seed=seed) for seed in self.seeds)
 
     @property
     def results(self) -> str:
@@ -192,14 +220,14 @@ class Profile:
         if run.trained != run:
             return run.trained
         if run.task != "pretrain":
-            return Run("pretrain", run.variant, run.frames)
+            return replace(run, task="pretrain", dataset=None)
         chain = self.chain
         if ARCHS[run.variant.arch].frame_level:
             # Frame-level models have no temporal weights to grow: each clip length trains
             # from the start, like the Singularity* baselines.
             return None
         if run.frames in chain and chain.index(run.frames) > 0:
-            return Run("pretrain", run.variant, chain[chain.index(run.frames) - 1])
+            return replace(run, frames=chain[chain.index(run.frames) - 1])
         return None
 
     def schedule_frames(self, run: Run) -> int:
@@ -240,6 +268,7 @@ class Profile:
         stage = cfg[run.stage]
         frames_key = f"T{self.schedule_frames(run)}"
         layers: list[Mapping[str, Any]] = [
+            {"seed": run.seed},
             cfg["run"],
             cfg["archs"][run.variant.arch],
             stage.get("settings", {}),
@@ -310,6 +339,26 @@ class Profile:
         return out
 
 
+def _seeds(config: Mapping[str, Any]) -> tuple[int, ...]:
+    """The profile's training seeds (`seeds`, default [0]); `run.seed` would be overridden by
+    them, so it is refused."""
+    if "seed" in config["run"]:
+        raise SpecError(
+            f"profile {config['profile']!r}: run.seed is set per run from the top-level "
+            "`seeds` list (e.g. seeds: [0, 1]); remove run.seed"
+        )
+    seeds = config.get("seeds", [0])
+    valid = isinstance(seeds, list) and seeds and len(set(seeds)) == len(seeds)
+    if not valid or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        raise SpecError(
+            f"profile {config['profile']!r}: seeds: got {seeds!r}; allowed: a non-empty list of"
+            " distinct integers >= 0"
+        )
+    if min(seeds) < 0:
+        raise SpecError(f"profile {config['profile']!r}: seeds: got {seeds!r}; need >= 0")
+    return tuple(seeds)
+
+
 def _probe_settings(probe: str | None) -> dict[str, Any]:
     if probe in (None, "normal"):
         return {}
@@ -333,12 +382,13 @@ def probe_name(keep_rate: float) -> str:
 
 @dataclass(frozen=True)
 class TableRow:
-    """One of this profile's rows of a table: its spec row, variant and the runs per column."""
+    """One of this profile's rows of a table: its spec row, variant and the runs per column,
+    one per training seed (`Profile.replicates`)."""
 
     spec: Mapping[str, Any]
     variant: Variant
     frames: int
-    runs: dict[tuple[str, str], Run]  # (dataset, column kind) -> run
+    runs: dict[tuple[str, str], tuple[Run, ...]]  # (dataset, column kind) -> a run per seed
 
 
 def table_rows(profile: Profile, spec: Mapping[str, Any]) -> list[TableRow]:
@@ -367,15 +417,17 @@ def table_rows(profile: Profile, spec: Mapping[str, Any]) -> list[TableRow]:
                     runs[(dataset, "S")] = Run(task, variant, frames, dataset, spec["probe"])
             else:
                 raise SpecError(f"table {spec['table']}: layout {layout!r} has no runs")
-            out.append(TableRow(row, variant, frames, runs))
+            seeded = {key: profile.replicates(run) for key, run in runs.items()}
+            out.append(TableRow(row, variant, frames, seeded))
     return out
 
 
-def figure_a1_runs(profile: Profile, spec: Mapping[str, Any]) -> list[Run]:
-    """The keep-rate sweep of Figure A1."""
+def figure_a1_runs(profile: Profile, spec: Mapping[str, Any]) -> list[tuple[Run, ...]]:
+    """The keep-rate sweep of Figure A1: each point's runs, one per training seed."""
     variant = Variant(spec["arch"], spec["sparsity"])
+    task = spec["task"]
     return [
-        Run(spec["task"], variant, int(frames), dataset, probe_name(float(rate)))
+        profile.replicates(Run(task, variant, int(frames), dataset, probe_name(float(rate))))
         for frames in spec["frames"]
         for dataset in spec["datasets"]
         for rate in spec["keep_rates"]
@@ -392,4 +444,4 @@ def table_runs(profile: Profile, table: str) -> list[Run]:
     if table not in RESULTS_TABLES:
         return []
     rows = table_rows(profile, load_spec(profile.ablations, table))
-    return list(dict.fromkeys(run for row in rows for run in row.runs.values()))
+    return list(dict.fromkeys(run for row in rows for runs in row.runs.values() for run in runs))

@@ -16,6 +16,10 @@ with the region the relation claims:
     contradicted  the interval lies entirely outside it
     inconclusive  otherwise
 
+A run path names no seed: over a profile with several training `seeds` each term is the run
+of every seed, their outcomes pooled seed after seed (pairs are the same seed and query), and
+the report shows the standard deviation of the difference over the seeds beside it.
+
 `>` claims (0, inf), `>=` [0, inf), `<` and `<=` their mirrors. `=` claims exactly 0: it is
 supported only when no test query tells the runs apart (the interval is [0, 0], as for a model
 that is order-blind by construction), contradicted when the interval excludes 0. A claim whose
@@ -27,10 +31,12 @@ from __future__ import annotations
 
 import argparse
 import re
+import statistics
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from tabulate import tabulate
 
@@ -72,6 +78,7 @@ class Verdict:
     interval: Interval | None  # None: the profile lacks one of the claim's runs
     verdict: str
     missing: tuple[str, ...] = ()
+    std: float | None = None  # of the difference over the training seeds (several seeds)
 
 
 def parse_difference(text: str, where: str) -> tuple[tuple[int, Run], ...]:
@@ -91,6 +98,11 @@ def parse_difference(text: str, where: str) -> tuple[tuple[int, Run], ...]:
             run = Run.from_path(path)
         except SpecError as err:
             raise SpecError(f"{where}: {err}") from None
+        if run.seed:
+            raise SpecError(
+                f"{where}: run {path} names a seed; a claim compares the runs of every seed of"
+                " the profile (`seeds`): write the path without @seed<N>"
+            )
         if run.task not in EVALUATIONS:
             raise SpecError(
                 f"{where}: run {path} has no per-query outcomes; allowed tasks: {list(EVALUATIONS)}"
@@ -146,22 +158,31 @@ def load_claims(ablations: str | Path) -> list[Claim]:
 def profile_runs(profile: Profile) -> set[Run]:
     """Every evaluation run the profile's tables and Figure A1 read: the runs the DAG has."""
     runs = {run for table in RESULTS_TABLES for run in table_runs(profile, table)}
-    return runs | set(figure_a1_runs(profile, load_spec(profile.ablations, "figure_A1")))
+    sweep = figure_a1_runs(profile, load_spec(profile.ablations, "figure_A1"))
+    return runs | {run for point in sweep for run in point}
 
 
 def claim_runs(profile: Profile, claims: list[Claim]) -> list[Run]:
-    """The compared runs of the claims this profile can check (the inputs of `claims`)."""
+    """The compared runs of the claims this profile can check, every seed's (the inputs of
+    `claims`)."""
     available = profile_runs(profile)
-    runs = [run for claim in claims if not _missing(claim, available) for run in _runs(claim)]
+    runs = [
+        run
+        for claim in claims
+        if not _missing(profile, claim, available)
+        for _, term in claim.terms
+        for run in profile.replicates(term)
+    ]
     return list(dict.fromkeys(runs))
 
 
-def _runs(claim: Claim) -> list[Run]:
-    return [run for _, run in claim.terms]
-
-
-def _missing(claim: Claim, available: set[Run]) -> tuple[str, ...]:
-    return tuple(run.path for run in _runs(claim) if run not in available)
+def _missing(profile: Profile, claim: Claim, available: set[Run]) -> tuple[str, ...]:
+    return tuple(
+        run.path
+        for _, term in claim.terms
+        for run in profile.replicates(term)
+        if run not in available
+    )
 
 
 def verdict(interval: Interval, relation: str) -> str:
@@ -178,11 +199,11 @@ def verdict(interval: Interval, relation: str) -> str:
     return "supported" if inside else "contradicted" if outside else "inconclusive"
 
 
-def check_claim(profile: Profile, claim: Claim, available: set[Run]) -> Verdict:
-    missing = _missing(claim, available)
-    if missing:
-        return Verdict(claim, None, SKIPPED, missing)
-    outcomes = [read_outcomes(outcomes_path(profile, run)) for run in _runs(claim)]
+def _seed_terms(profile: Profile, claim: Claim, seed: int) -> list[tuple[int, np.ndarray]]:
+    """The claim's signed per-query values on the runs of one training seed."""
+    outcomes = [
+        read_outcomes(outcomes_path(profile, replace(run, seed=seed))) for _, run in claim.terms
+    ]
     first = outcomes[0]
     for other in outcomes[1:]:
         if other.ids != first.ids:
@@ -190,13 +211,28 @@ def check_claim(profile: Profile, claim: Claim, available: set[Run]) -> Verdict:
                 f"claim {claim.id}: {other.path} and {first.path} scored different test"
                 " queries (or in another order); paired outcomes need the same ones"
             )
-    interval = paired_sum(
-        [
-            (sign, out.values(claim.metric))
-            for (sign, _), out in zip(claim.terms, outcomes, strict=True)
-        ]
-    )
-    return Verdict(claim, interval, verdict(interval, claim.relation))
+    return [
+        (sign, out.values(claim.metric))
+        for (sign, _), out in zip(claim.terms, outcomes, strict=True)
+    ]
+
+
+def check_claim(profile: Profile, claim: Claim, available: set[Run]) -> Verdict:
+    missing = _missing(profile, claim, available)
+    if missing:
+        return Verdict(claim, None, SKIPPED, missing)
+    by_seed = [_seed_terms(profile, claim, seed) for seed in profile.seeds]
+    pooled = [
+        (sign, np.concatenate([terms[i][1] for terms in by_seed]))
+        for i, (sign, _) in enumerate(claim.terms)
+    ]
+    interval = paired_sum(pooled)
+    std = None
+    if len(by_seed) > 1:
+        std = statistics.stdev(
+            sum(sign * 100.0 * float(values.mean()) for sign, values in terms) for terms in by_seed
+        )
+    return Verdict(claim, interval, verdict(interval, claim.relation), std=std)
 
 
 def check_claims(profile: Profile) -> list[Verdict]:
@@ -217,12 +253,21 @@ def claims_frame(verdicts: list[Verdict]) -> pd.DataFrame:
                 "compared": c.difference,
                 "relation": f"{c.relation} 0",
                 "difference": None if interval is None else round(interval.value, 2),
+                **({} if v.std is None else {"std": round(v.std, 2)}),
                 "low": None if interval is None else round(interval.low, 2),
                 "high": None if interval is None else round(interval.high, 2),
                 "verdict": v.verdict,
             }
         )
     return pd.DataFrame(rows, dtype=object)
+
+
+def _measured(v: Verdict) -> str:
+    """`d [low, high]`, or `d ± std [low, high]` over several seeds."""
+    if v.std is None:
+        return v.interval.compact()
+    i = v.interval
+    return f"{i.value:.1f} ± {v.std:.1f} [{i.low:.1f}, {i.high:.1f}]"
 
 
 def to_markdown(profile: Profile, verdicts: list[Verdict]) -> str:
@@ -233,7 +278,7 @@ def to_markdown(profile: Profile, verdicts: list[Verdict]) -> str:
             v.claim.where,
             v.claim.statement,
             v.claim.metric,
-            v.interval.compact(),
+            _measured(v),
             f"**{v.verdict}**",
             f"`{v.claim.difference}` {v.claim.relation} 0",
         ]
@@ -260,8 +305,15 @@ def to_markdown(profile: Profile, verdicts: list[Verdict]) -> str:
         "Measured: the difference of the compared runs in percent points with its paired 95 % "
         "bootstrap interval over test queries. A verdict is `supported` when the interval lies "
         "inside the claimed region (`> 0`, `>= 0`, ...; `= 0`: exactly [0, 0]), "
-        f"`contradicted` when it lies outside, else `inconclusive`. Spec: `{SPEC}`.\n\n{body}\n"
+        f"`contradicted` when it lies outside, else `inconclusive`. Spec: `{SPEC}`."
     )
+    if len(profile.seeds) > 1:
+        text += (
+            f" Training seeds {', '.join(map(str, profile.seeds))}: the difference over every"
+            " seed's runs ± its standard deviation over the seeds, the interval over the seeds'"
+            " queries pooled."
+        )
+    text += f"\n\n{body}\n"
     skipped = [v for v in verdicts if v.interval is None]
     if skipped:
         lines = [f"- {v.claim.id} ({v.claim.where}): {', '.join(v.missing)}" for v in skipped]

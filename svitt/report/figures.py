@@ -26,7 +26,7 @@ from svitt.files import atomic_write
 from svitt.plan.runs import figure_a1_runs
 from svitt.plan.specs import load_datasets, load_spec
 from svitt.report.intervals import Interval
-from svitt.report.tables import load_profile, run_interval
+from svitt.report.tables import cell, load_profile
 
 DIMMED = 0.25  # brightness of pruned patches
 
@@ -43,13 +43,15 @@ Curves = dict[str, dict[int, list[tuple[float, Interval]]]]
 
 
 def keep_rate_curves(profile_path: str | Path) -> Curves:
-    """dataset -> frames -> [(keep rate, metric with its 95 % interval)], by keep rate."""
+    """dataset -> frames -> [(keep rate, metric with its 95 % interval)], by keep rate; over
+    several training seeds the pooled outcomes' mean and interval."""
     profile = load_profile(profile_path)
     spec = load_spec(profile.ablations, "figure_A1")
     curves: Curves = {}
-    for run in figure_a1_runs(profile, spec):
+    for runs in figure_a1_runs(profile, spec):
+        run = runs[0]
         rate = float(run.probe.removeprefix("keep"))
-        _, interval = run_interval(profile, run, spec["metric"])
+        interval = cell(profile, runs, spec["metric"]).interval()
         curves.setdefault(run.dataset, {}).setdefault(run.frames, []).append((rate, interval))
     for by_frames in curves.values():
         for points in by_frames.values():

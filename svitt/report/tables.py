@@ -12,8 +12,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import statistics
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,16 +73,19 @@ def _round(value: float | None, digits: int = 1) -> float | None:
 
 
 # A cell's 95 % interval: CSV keeps the bounds in columns of their own ("<column> low",
-# "<column> high"); Markdown and LaTeX show "value [low, high]" in the one column.
-LOW, HIGH = " low", " high"
+# "<column> high"), and with several seeds the standard deviation over them ("<column> std");
+# Markdown and LaTeX show "value [low, high]" or "value ± std [low, high]" in the one column.
+LOW, HIGH, STD = " low", " high", " std"
 
 
-def _with_interval(column: str, value: float, interval: Interval) -> dict[str, float]:
-    return {
-        column: round(value, 1),
-        column + LOW: round(interval.low, 1),
-        column + HIGH: round(interval.high, 1),
-    }
+def _with_interval(
+    column: str, value: float, interval: Interval, std: float | None = None
+) -> dict[str, float]:
+    out = {column: round(value, 1)}
+    if std is not None:
+        out[column + STD] = round(std, 1)
+    out.update({column + LOW: round(interval.low, 1), column + HIGH: round(interval.high, 1)})
+    return out
 
 
 def run_outcomes(
@@ -106,10 +110,51 @@ def run_outcomes(
     return value, values
 
 
-def run_interval(profile: Profile, run: Run, metric: str) -> tuple[float, Interval]:
-    """The run's metric (`run_outcomes`) and the bootstrap interval of its outcomes."""
-    value, values = run_outcomes(profile, run, metric)
-    return value, mean_interval(values)
+@dataclass(frozen=True)
+class Cell:
+    """A metric of one table cell: its runs, one per training seed, each with its value in
+    percent and its per-query outcomes (the same test queries in the same order)."""
+
+    values: tuple[float, ...]
+    outcomes: tuple[np.ndarray, ...]
+
+    @property
+    def value(self) -> float:
+        """The mean over seeds."""
+        return float(np.mean(self.values))
+
+    @property
+    def std(self) -> float | None:
+        """The sample standard deviation over seeds; None for one seed."""
+        return statistics.stdev(self.values) if len(self.values) > 1 else None
+
+    @property
+    def pooled(self) -> np.ndarray:
+        """Every seed's outcomes in one sample, seed after seed."""
+        return np.concatenate(self.outcomes)
+
+    def interval(self) -> Interval:
+        """The bootstrap interval over the pooled outcomes (every seed and test query)."""
+        return mean_interval(self.pooled)
+
+    def cells(self, column: str) -> dict[str, float]:
+        return _with_interval(column, self.value, self.interval(), self.std)
+
+
+def cell(
+    profile: Profile, runs: Sequence[Run], metric: str, questions: frozenset[int] | None = None
+) -> Cell:
+    """`metric` of a cell's runs (`run_outcomes` of each)."""
+    measured = [run_outcomes(profile, run, metric, questions) for run in runs]
+    return Cell(tuple(v for v, _ in measured), tuple(o for _, o in measured))
+
+
+def difference_cells(column: str, first: Cell, second: Cell) -> dict[str, float]:
+    """first - second per seed, with the paired interval over the pooled outcomes."""
+    per_seed = [a - b for a, b in zip(first.values, second.values, strict=True)]
+    std = statistics.stdev(per_seed) if len(per_seed) > 1 else None
+    interval = paired_difference(first.pooled, second.pooled)
+    return _with_interval(column, first.value - second.value, interval, std)
 
 
 def _pretrain_label(profile: Profile) -> str:
@@ -222,16 +267,16 @@ def retrieval_table(profile: Profile, spec: Mapping[str, Any], paper: Profile) -
             "pt": _pretrain_label(profile),
             "frames": row.frames,
             "sparsity": _row_label(profile, row.variant),
-            "non-paper settings": non_paper_settings(profile, paper, row.runs.values()),
+            "non-paper settings": _settings(profile, paper, row),
         }
         for dataset in datasets:
-            run = row.runs.get((dataset, "metrics"))
+            runs = row.runs.get((dataset, "metrics"))
             columns = _recall_columns(labels[dataset].label)
-            if run is None:
+            if runs is None:
                 out.update(dict.fromkeys(columns))
                 continue
             for column, key in zip(columns, RECALL_KEYS, strict=True):
-                out.update(_with_interval(column, *run_interval(profile, run, key)))
+                out.update(cell(profile, runs, key).cells(column))
         rows.append(out)
     chance: dict[str, Any] = {
         "source": profile.name,
@@ -266,7 +311,7 @@ def probe_table(profile: Profile, spec: Mapping[str, Any], paper: Profile) -> pd
             "method": row.spec["method"],
             "frames": row.frames,
             "sparsity": _row_label(profile, row.variant),
-            "non-paper settings": non_paper_settings(profile, paper, row.runs.values()),
+            "non-paper settings": _settings(profile, paper, row),
         }
         out.update(_probe_cells(profile, spec, row, labels))
         rows.append(out)
@@ -290,6 +335,11 @@ def probe_table(profile: Profile, spec: Mapping[str, Any], paper: Profile) -> pd
     return pd.DataFrame(rows, dtype=object)
 
 
+def _settings(profile: Profile, paper: Profile, row: TableRow) -> str:
+    """The row's non-paper settings; every seed of a row has the same ones."""
+    return non_paper_settings(profile, paper, (runs[0] for runs in row.runs.values()))
+
+
 def _probe_label(column: Mapping[str, Any], labels: Mapping[str, Any]) -> str:
     """ "ActivityNet-QA", or "ActivityNet-QA temporal" for a column of one question group."""
     label = labels[column["dataset"]].label
@@ -304,7 +354,6 @@ def _probe_cells(
     out: dict[str, float | None] = {}
     for column in spec["columns"]:
         dataset, metric = column["dataset"], column["metric"]
-        normal_run, probed_run = row.runs[(dataset, "N")], row.runs[(dataset, "S")]
         label = _probe_label(column, labels)
         ids = None
         if "questions" in column:
@@ -312,12 +361,11 @@ def _probe_cells(
             if not ids:  # no question types in this dataset's files, or none of the group
                 out.update(dict.fromkeys((f"{label} N", f"{label} S", f"{label} Δ")))
                 continue
-        normal, normal_values = run_outcomes(profile, normal_run, metric, ids)
-        probed, probed_values = run_outcomes(profile, probed_run, metric, ids)
-        out.update(_with_interval(f"{label} N", normal, mean_interval(normal_values)))
-        out.update(_with_interval(f"{label} S", probed, mean_interval(probed_values)))
-        drop = paired_difference(normal_values, probed_values)
-        out.update(_with_interval(f"{label} Δ", normal - probed, drop))
+        normal = cell(profile, row.runs[(dataset, "N")], metric, ids)
+        probed = cell(profile, row.runs[(dataset, "S")], metric, ids)
+        out.update(normal.cells(f"{label} N"))
+        out.update(probed.cells(f"{label} S"))
+        out.update(difference_cells(f"{label} Δ", normal, probed))
     return out
 
 
@@ -452,7 +500,15 @@ def build_table(profile: Profile, name: str, paper: Profile) -> Table:
         )
     frame = BUILDERS[layout](profile, spec, paper)
     note = _source_note(profile)
-    if any(column.endswith(LOW) for column in frame.columns):
+    if any(column.endswith(STD) for column in frame.columns):
+        seeds = ", ".join(map(str, profile.seeds))
+        note += (
+            f" Computed cells: the mean ± the standard deviation over the training seeds"
+            f" {seeds}, then in brackets the 95 % bootstrap interval over every seed's test"
+            " queries pooled (Δ: paired, the same queries in order and probed); the CSV has"
+            " the deviations and bounds in their own columns."
+        )
+    elif any(column.endswith(LOW) for column in frame.columns):
         note += (
             " In brackets: the 95 % bootstrap interval over the test queries (Δ: paired, the "
             "same queries in order and probed); the CSV has the bounds in their own columns."
@@ -467,13 +523,17 @@ def _cell(value: Any) -> Any:
 
 
 def compact(frame: pd.DataFrame) -> pd.DataFrame:
-    """Each interval's bounds joined into its value's column: "18.0 [10.0, 26.0]"."""
+    """Each interval's bounds (and seed deviation) joined into its value's column:
+    "18.0 [10.0, 26.0]", "18.0 ± 2.1 [10.0, 26.0]"."""
     frame = frame.copy()
     for column in [c for c in frame.columns if c + LOW in frame.columns]:
         low, high = frame.pop(column + LOW), frame.pop(column + HIGH)
+        std = frame.pop(column + STD) if column + STD in frame.columns else [""] * len(low)
         frame[column] = [
-            value if _cell(lo) == "" else f"{value} [{lo}, {hi}]"
-            for value, lo, hi in zip(frame[column], low, high, strict=True)
+            value
+            if _cell(lo) == ""
+            else f"{value}{'' if _cell(sd) == '' else f' ± {sd}'} [{lo}, {hi}]"
+            for value, sd, lo, hi in zip(frame[column], std, low, high, strict=True)
         ]
     return frame
 

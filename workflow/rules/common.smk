@@ -14,6 +14,7 @@ from svitt.plan.runs import (
     Run,
     Variant,
     figure_a1_runs,
+    parse_model,
     run_chain,
     table_runs,
 )
@@ -95,7 +96,8 @@ ENV = "../envs/svitt.yaml"
 
 
 wildcard_constraints:
-    variant=r"[A-Za-z0-9_]+(-[A-Za-z0-9_]+)*(\+[a-z0-9_]+)?",
+    # the run path's model component: the variant and a training seed other than 0
+    variant=r"[A-Za-z0-9_]+(-[A-Za-z0-9_]+)*(\+[a-z0-9_]+)?(@seed[1-9][0-9]*)?",
     frames=r"[0-9]+",
     dataset=r"[a-z0-9_]+",
     probe="|".join(FRAME_ORDERS) + r"|keep[0-9.]+",
@@ -129,7 +131,8 @@ def run_of(wildcards, task, **fixed):
     """The Run named by a rule's wildcards."""
     keys = {k: wildcards.get(k) for k in ("dataset", "probe")}
     keys.update(fixed)
-    return Run(task, Variant.parse(wildcards.variant), int(wildcards.frames), **keys)
+    variant, seed = parse_model(wildcards.variant)
+    return Run(task, variant, int(wildcards.frames), **keys, seed=seed)
 
 
 def init_checkpoint(task, **fixed):
@@ -176,7 +179,7 @@ def claims_outcomes(wildcards):
 
 
 def figure_a1_metrics(wildcards):
-    runs = figure_a1_runs(PROFILE, FIGURE_A1_SPEC)
+    runs = [run for point in figure_a1_runs(PROFILE, FIGURE_A1_SPEC) for run in point]
     # The error bars come from the per-query outcomes.
     return [f(PROFILE, run) for run in runs for f in (Profile.metrics, outcomes_path)]
 
@@ -205,11 +208,13 @@ def tokens_run(figure):
     model = TOKENS_SPEC["model"]
     variant = Variant(model["arch"], model["sparsity"])
     dataset = TOKENS_SPEC["figures"][figure]["dataset"]
-    return Run("tokens", variant, int(model["frames"]), dataset)
+    # A picture of one model: the first seed's.
+    return Run("tokens", variant, int(model["frames"]), dataset, seed=PROFILE.seeds[0])
 
 
 def extra_runs():
-    """Runs of `all` beyond the tables: the end of every chain and QA on every dataset."""
+    """Runs of `all` beyond the tables: the end of every chain and QA on every dataset, each
+    once per training seed."""
     runs = [Run("pretrain", Variant("svitt", s), t) for s in PROFILE.sparsity for t in PROFILE.chain]
     qa_frames = [int(key[1:]) for key in config["qa"]["by_frames"]]
     runs += [
@@ -218,7 +223,7 @@ def extra_runs():
         for t in qa_frames
         for d in config["qa"]["datasets"]
     ]
-    return runs
+    return [seeded for run in runs for seeded in PROFILE.replicates(run)]
 
 
 def run_config(task, **fixed):
@@ -243,7 +248,7 @@ WRITE_CONFIG = "printf '%s' {params.config:q} > {output.config} && "
 def table_and_figure_runs():
     """Every run whose metrics a table or Figure A1 reads."""
     runs = [run for table in ALL_TABLES for run in table_runs(PROFILE, table)]
-    return runs + figure_a1_runs(PROFILE, FIGURE_A1_SPEC)
+    return runs + [run for point in figure_a1_runs(PROFILE, FIGURE_A1_SPEC) for run in point]
 
 
 def check_runs():
