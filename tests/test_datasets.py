@@ -222,3 +222,49 @@ def test_reversal_negatives_add_each_order_dependent_twin(root):
     annotation.write_text(json.dumps(entries))
     with pytest.raises(ConfigError, match=r"data\.reversal_negatives.*train\.json.*v3\.mp4"):
         training_data(cfg, tok, "retrieval")
+
+
+def test_qa_reversal_negatives_add_each_order_dependent_twin(root):
+    (root / "anet_qa" / "annotations").mkdir(parents=True)
+    (root / "anet_qa" / "videos").symlink_to(root / "webvid" / "videos")
+    entries = [
+        {"video": "v0.mp4", "question": "where does it go?", "answer": "right"},
+        {"video": "v1.mp4", "question": "what color is it?", "answer": "red"},
+        {"video": "v2.mp4", "question": "does it appear?", "answer": "appear"},
+    ]
+    reversed_answers = ["left", "red", "disappear"]
+    entries = [
+        e | {"question_id": i, "reversed_answer": r}
+        for i, (e, r) in enumerate(zip(entries * 2, reversed_answers * 2, strict=True))
+    ]
+    annotation = root / "anet_qa" / "annotations" / "train.json"
+    annotation.write_text(json.dumps(entries))
+    (root / "anet_qa" / "annotations" / "test.json").write_text(json.dumps(entries))
+    answers = ["appear", "disappear", "left", "red", "right"]  # "disappear" stays out
+    (root / "anet_qa" / "annotations" / "answer_list.json").write_text(
+        json.dumps(answers[:1] + answers[2:])
+    )
+    tok = TextTokenizer.from_dir(root / "tokenizer")
+    cfg = config(root, dataset="anet_qa", reversal_negatives=True)
+    plain = train_batches(config(root, dataset="anet_qa"), tok, "qa")
+    for batch, reference in zip(train_batches(cfg, tok, "qa"), plain, strict=True):
+        size = len(reference["video_id"])
+        assert torch.equal(batch["video"][:size], reference["video"])
+        assert torch.equal(batch["answer_ids"][:size], reference["answer_ids"])
+        twins = [i for i, q in enumerate(reference["question_id"].tolist()) if q % 3 != 1]
+        assert batch["twin_rows"].tolist() == [[i, size + k] for k, i in enumerate(twins)]
+        for twin, i in enumerate(twins, start=size):
+            assert torch.equal(batch["video"][twin], reference["video"][i].flip(0))
+            assert batch["video_id"][twin] == reference["video_id"][i] + 3
+            assert torch.equal(batch["question_ids"][twin], reference["question_ids"][i])
+            expected = {"right": "left", "appear": "disappear"}[
+                tok.decode(reference["answer_ids"][i])
+            ]
+            assert tok.decode(batch["answer_ids"][twin]) == expected
+            assert batch["answer_index"][twin] == {"left": 1, "disappear": -1}[expected]
+    # The test split never brings twins, whatever the setting.
+    assert sum(len(b["video"]) for b in qa_eval(cfg, tok).questions) == len(entries)
+    del entries[4]["reversed_answer"]
+    annotation.write_text(json.dumps(entries))
+    with pytest.raises(ConfigError, match=r"data\.reversal_negatives.*'reversed_answer'.*v1\.mp4"):
+        training_data(cfg, tok, "qa")

@@ -62,6 +62,28 @@ def test_training_step_gives_every_parameter_a_finite_gradient():
             assert param.grad is not None and torch.isfinite(param.grad).all(), (arch, name)
 
 
+def test_twin_weight_adds_the_twin_hinge_on_the_video_features():
+    torch.manual_seed(0)
+    batch = qa_batch(*answers([7], [8], [9], [10]))
+    batch["video"][2:] = batch["video"][:2].flip(1)
+    batch["twin_rows"] = torch.tensor([[0, 2], [1, 3]])
+    plain = create_qa_model(small_config()).eval()  # no dropout: the two losses compare
+    assert set(plain(batch)) == {"qa", "loss"}  # no twin weight: today's loss
+    cfg = dataclasses.replace(small_config(), loss_weights={"twin": 10.0}, twin_margin=-1.0)
+    model = create_qa_model(cfg).eval()
+    model.load_state_dict(plain.state_dict())
+    losses = model(batch)
+    _, feature = model.encode(batch["video"], batch["question_ids"], batch["question_mask"])
+    feature = torch.nn.functional.normalize(feature, dim=-1)
+    cosines = (feature[:2] * feature[2:]).sum(dim=-1)
+    torch.testing.assert_close(losses["twin"], (cosines + 1.0).mean())
+    torch.testing.assert_close(losses["loss"], plain(batch)["qa"] + 10.0 * losses["twin"])
+    losses["twin"].backward()
+    assert model.encoder.vision.patch_embed.proj.weight.grad.abs().sum() > 0
+    del batch["twin_rows"]  # a batch without twins: nothing to hinge
+    assert model(batch)["twin"].item() == 0.0
+
+
 def test_decoder_starts_from_the_last_text_layers():
     torch.manual_seed(0)
     model = VideoQA(small_config())

@@ -175,6 +175,8 @@ class QAItem:
     # Optional: what the question asks about (the synthetic stand-ins write e.g. "color" or
     # "direction"), so accuracy can be reported per type; real datasets' files have none.
     question_type: str | None = None
+    # Optional: the answer for the same video played backwards (the synthetic stand-ins).
+    reversed_answer: str | None = None
 
 
 def _read_list(path: Path) -> list[Any]:
@@ -281,6 +283,9 @@ def load_qa(path: str | Path) -> list[QAItem]:
         question_type = entry.get("question_type")
         if question_type is not None and (not isinstance(question_type, str) or not question_type):
             raise _bad(path, i, "question_type", "a non-empty string", question_type)
+        reversed_answer = None
+        if isinstance(entry, dict) and "reversed_answer" in entry:
+            reversed_answer = _text(path, i, entry, "reversed_answer")
         items.append(
             QAItem(
                 video=videos[0],
@@ -288,6 +293,7 @@ def load_qa(path: str | Path) -> list[QAItem]:
                 answer=_text(path, i, entry, "answer"),
                 question_id=qid,
                 question_type=question_type,
+                reversed_answer=reversed_answer,
             )
         )
     return items

@@ -136,15 +136,24 @@ class VideoDataset(_VideoSamples):
 
 
 class QADataset(_VideoSamples):
+    """Questions about videos. With `reversed_answers`, a question whose answer for the video
+    played backwards differs also yields its twin: the same clip with the frames reversed, the
+    same question, that answer, and a video id of its own (as `TextVideoDataset`'s twins)."""
+
     def __init__(
-        self, items: Sequence[tuple[Path, str, str, int]], answers: Sequence[str], clips: ClipLoader
+        self,
+        items: Sequence[tuple[Path, str, str, int]],
+        answers: Sequence[str],
+        clips: ClipLoader,
+        reversed_answers: Sequence[str] | None = None,
     ) -> None:
         """`items`: (video path, question, answer, question_id)."""
         super().__init__(clips)
         self.items = list(items)
         self.answers = list(answers)
-        index = {a: i for i, a in enumerate(self.answers)}
-        self.answer_index = [index.get(answer, -1) for _, _, answer, _ in self.items]
+        self.reversed_answers = reversed_answers
+        self._index = {a: i for i, a in enumerate(self.answers)}
+        self.answer_index = [self._index.get(answer, -1) for _, _, answer, _ in self.items]
         self.videos = unique_videos([str(p) for p, *_ in self.items])
         position = {v: i for i, v in enumerate(self.videos)}
         self.video_ids = [position[str(p)] for p, *_ in self.items]
@@ -157,7 +166,7 @@ class QADataset(_VideoSamples):
         clip = self._clip(path, index)
         if clip is None:
             return {"skipped": str(path)}
-        return {
+        sample: Sample = {
             "video": clip,
             "video_id": self.video_ids[index],
             "question": question,
@@ -165,6 +174,15 @@ class QADataset(_VideoSamples):
             "answer_index": self.answer_index[index],
             "question_id": question_id,
         }
+        if self.reversed_answers is not None and self.reversed_answers[index] != answer:
+            reversed_answer = self.reversed_answers[index]
+            sample["twin"] = sample | {
+                "video": clip.flip(0),
+                "video_id": self.video_ids[index] + len(self.videos),
+                "answer": reversed_answer,
+                "answer_index": self._index.get(reversed_answer, -1),
+            }
+        return sample
 
 
 class Collator:
@@ -291,6 +309,17 @@ def _downstream(cfg: RunConfig, task: str) -> str:
     return name
 
 
+def _missing_reversal(
+    annotation: Path, key: str, missing: Sequence[str], entries: Sequence[Any]
+) -> ConfigError:
+    """The error of `data.reversal_negatives: true` on a file whose entries lack `key`."""
+    return ConfigError(
+        f"data.reversal_negatives: true needs a {key!r} in every entry of {annotation}; "
+        f"missing for {len(missing)} of {len(entries)} (first: {missing[0]!r}). Set it to "
+        "false for this dataset."
+    )
+
+
 def text_video_dataset(
     root: str | Path,
     names: Sequence[str],
@@ -307,11 +336,7 @@ def text_video_dataset(
         records = load_text_video(paths.annotation(split))
         missing = [r.video for r in records if r.reversed_caption is None]
         if reversal_negatives and missing:
-            raise ConfigError(
-                f"data.reversal_negatives: true needs a 'reversed_caption' in every entry of "
-                f"{paths.annotation(split)}; missing for {len(missing)} of {len(records)} "
-                f"(first: {missing[0]!r}). Set it to false for this dataset."
-            )
+            raise _missing_reversal(paths.annotation(split), "reversed_caption", missing, records)
         pairs += [(paths.video(r.video), r.caption) for r in records]
         reversed_texts += [r.reversed_caption for r in records]
     return TextVideoDataset(pairs, clips, reversed_texts if reversal_negatives else None)
@@ -344,13 +369,23 @@ def retrieval_eval_set(root: str | Path, name: str, split: Split = "test") -> Re
     )
 
 
-def qa_dataset(root: str | Path, name: str, split: Split, clips: ClipLoader) -> QADataset:
+def qa_dataset(
+    root: str | Path,
+    name: str,
+    split: Split,
+    clips: ClipLoader,
+    reversal_negatives: bool = False,
+) -> QADataset:
+    """Questions of one split; `reversal_negatives` adds each order-dependent question's
+    time-reversed twin (training only: an evaluation never sees twins)."""
     paths = dataset_paths(root, name)
-    items = [
-        (paths.video(q.video), q.question, q.answer, q.question_id)
-        for q in load_qa(paths.annotation(split))
-    ]
-    return QADataset(items, load_answer_list(paths.answer_list), clips)
+    questions = load_qa(paths.annotation(split))
+    missing = [q.video for q in questions if q.reversed_answer is None]
+    if reversal_negatives and missing:
+        raise _missing_reversal(paths.annotation(split), "reversed_answer", missing, questions)
+    items = [(paths.video(q.video), q.question, q.answer, q.question_id) for q in questions]
+    reversed_answers = [str(q.reversed_answer) for q in questions] if reversal_negatives else None
+    return QADataset(items, load_answer_list(paths.answer_list), clips, reversed_answers)
 
 
 def training_data(cfg: RunConfig, tokenizer: TextTokenizer, task: Task) -> tuple[Dataset, Collator]:
@@ -358,7 +393,9 @@ def training_data(cfg: RunConfig, tokenizer: TextTokenizer, task: Task) -> tuple
     `cfg.data.dataset`) and its collate function; `svitt.engine.loop.train` batches it."""
     clips = clip_loader(cfg, train=True)
     if task == "qa":
-        dataset: Dataset = qa_dataset(cfg.data.root, _downstream(cfg, "qa"), "train", clips)
+        dataset: Dataset = qa_dataset(
+            cfg.data.root, _downstream(cfg, "qa"), "train", clips, cfg.data.reversal_negatives
+        )
     else:
         names = cfg.data.train if task == "pretrain" else (_downstream(cfg, "retrieval"),)
         dataset = text_video_dataset(

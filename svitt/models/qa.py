@@ -22,7 +22,7 @@ from svitt.config import ClipEnsemble, ConfigError, ModelConfig
 from svitt.models.bert import BertEmbeddings, BertLayer, BertOnlyMLMHead, init_bert_weights
 from svitt.models.clips import ensemble_clip_scores, split_clips
 from svitt.models.singularity import Singularity, SingularityTemporal
-from svitt.models.svitt import SViTT
+from svitt.models.svitt import SViTT, twin_loss
 from svitt.models.text import IGNORE_INDEX, additive_mask
 from svitt.models.weights import WeightsError
 
@@ -112,9 +112,17 @@ class VideoQA(nn.Module):
 
     def encode_question(self, video: Tensor, question_ids: Tensor, question_mask: Tensor) -> Tensor:
         """Question-video states [B, Lq, Dt] of the multimodal encoder."""
-        tokens, positions, _ = self.encoder.forward_video(video)
+        return self.encode(video, question_ids, question_mask)[0]
+
+    def encode(
+        self, video: Tensor, question_ids: Tensor, question_mask: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """Question-video states [B, Lq, Dt] and the video feature [B, Dv] (what the
+        pre-training contrasts: `SViTT.video_feature`)."""
+        tokens, positions, out = self.encoder.forward_video(video)
         hidden = self.encoder.text.forward_text(question_ids, question_mask)
-        return self.encoder.fuse(tokens, hidden, question_mask, positions).hidden
+        states = self.encoder.fuse(tokens, hidden, question_mask, positions).hidden
+        return states, self.encoder.video_feature(tokens, out)
 
     def decode(
         self, answer_ids: Tensor, answer_mask: Tensor, states: Tensor, states_mask: Tensor
@@ -143,12 +151,24 @@ class VideoQA(nn.Module):
         )
 
     def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Answer negative log-likelihood, mean over the answer tokens of the batch."""
+        """Answer negative log-likelihood, mean over the answer tokens of the batch; with a
+        twin weight (`model.loss_weights.twin`) plus the twin loss on the video features of
+        the batch's time-reversed twins (`data.reversal_negatives`)."""
         question_mask = batch["question_mask"]
-        states = self.encode_question(batch["video"], batch["question_ids"], question_mask)
+        states, feature = self.encode(batch["video"], batch["question_ids"], question_mask)
         nll = self.answer_nll(batch["answer_ids"], batch["answer_mask"], states, question_mask)
-        loss = nll.sum() / batch["answer_mask"][:, 1:].sum().clamp(min=1)
-        return {"qa": loss, "loss": loss}
+        losses = {"qa": nll.sum() / batch["answer_mask"][:, 1:].sum().clamp(min=1)}
+        losses["loss"] = losses["qa"]
+        weight = self.cfg.loss_weights.get("twin", 0.0)
+        if weight:
+            # Without it fine-tuning makes the encoder order-blind again (the twins' features
+            # grow alike), as VTC alone does in pre-training. A twin shares its question, so
+            # only the video side: the same embedding stands in for the text one.
+            embed = F.normalize(feature, dim=-1)
+            rows = batch.get("twin_rows", torch.empty((0, 2), dtype=torch.long))
+            losses["twin"] = twin_loss(embed, embed, rows, self.cfg.twin_margin)
+            losses["loss"] = losses["qa"] + weight * losses["twin"]
+        return losses
 
     @torch.no_grad()
     def rank_answers(
