@@ -213,12 +213,14 @@ def test_the_plain_recipe_drops_the_profile_additions_in_every_stage(workdir: Pa
         cfg = load_config(profile.resolve(run))
         assert cfg.model.loss_weights == {"vtc": 1.0, "vtm": 1.0, "twin": 0.0}
         assert not cfg.data.reversal_negatives and not cfg.model.vision.abs_pos_emb
-    # QA takes only the architecture part: its weights come from the plain pre-training.
+    qa = load_config(profile.resolve(Run("finetune-qa", plain, 8, "anet_qa", "shuffle")))
+    assert qa.model.loss_weights == {"twin": 0.0}
+    assert not qa.data.reversal_negatives and not qa.model.vision.abs_pos_emb
+    # QA has the twins and their loss too, and the plain recipe drops them there as well.
     hybrid = Variant("svitt", "hybrid")
-    qa = load_config(profile.resolve(Run("finetune-qa", plain, 8, "anet_qa")))
     ours = load_config(profile.resolve(Run("finetune-qa", hybrid, 8, "anet_qa")))
-    assert not qa.model.vision.abs_pos_emb and ours.model.vision.abs_pos_emb
-    assert qa.model.loss_weights == ours.model.loss_weights
+    assert ours.model.loss_weights == {"twin": 10.0} and ours.data.reversal_negatives
+    assert ours.model.vision.abs_pos_emb
     # The rest of the schedule is the profile's.
     ours = load_config(profile.resolve(Run("pretrain", hybrid, 8)))
     assert load_config(profile.resolve(runs[1])).optim == ours.optim

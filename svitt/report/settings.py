@@ -17,11 +17,16 @@ from dataclasses import replace
 from svitt.config import RunConfig, load_config
 from svitt.plan.runs import Profile, Run, run_chain
 
+# The weighted losses a stage computes: QA trains its answer loss and, where weighted, the twin
+# hinge; the other weights are not read there.
+STAGE_LOSSES = {"qa": frozenset({"twin"})}
 
-def _losses(cfg: RunConfig, paper: RunConfig) -> list[str]:
+
+def _losses(cfg: RunConfig, paper: RunConfig, stage: str) -> list[str]:
     ours, theirs = cfg.model.loss_weights, paper.model.loss_weights
+    names = set(ours) | set(theirs)
     labels = []
-    for name in sorted(set(ours) | set(theirs)):
+    for name in sorted(names & STAGE_LOSSES.get(stage, names)):
         weight = ours.get(name, 0.0)
         if weight == theirs.get(name, 0.0):
             continue
@@ -29,7 +34,7 @@ def _losses(cfg: RunConfig, paper: RunConfig) -> list[str]:
     return labels
 
 
-def _twins(cfg: RunConfig, paper: RunConfig) -> list[str]:
+def _twins(cfg: RunConfig, paper: RunConfig, stage: str) -> list[str]:
     # With a twin loss the twins are implied; its label says enough.
     if cfg.model.loss_weights.get("twin"):
         return []
@@ -38,7 +43,7 @@ def _twins(cfg: RunConfig, paper: RunConfig) -> list[str]:
     return []
 
 
-def _positions(cfg: RunConfig, paper: RunConfig) -> list[str]:
+def _positions(cfg: RunConfig, paper: RunConfig, stage: str) -> list[str]:
     ours, theirs = cfg.model.vision, paper.model.vision
     labels = []
     if ours.abs_pos_emb and not theirs.abs_pos_emb:
@@ -50,7 +55,7 @@ def _positions(cfg: RunConfig, paper: RunConfig) -> list[str]:
     return labels
 
 
-def _start(cfg: RunConfig, paper: RunConfig) -> list[str]:
+def _start(cfg: RunConfig, paper: RunConfig, stage: str) -> list[str]:
     ours, theirs = cfg.model.weights, paper.model.weights
     if ours.vision is None and ours.text is None and (theirs.vision or theirs.text):
         return ["from scratch"]
@@ -74,5 +79,5 @@ def non_paper_settings(profile: Profile, paper: Profile, runs: Iterable[Run]) ->
             ours = load_config(profile.resolve(step))
             theirs = load_config(paper.resolve(paper_step))
             for found, setting in zip(labels, SETTINGS, strict=True):
-                found.update(dict.fromkeys(setting(ours, theirs)))
+                found.update(dict.fromkeys(setting(ours, theirs, step.stage)))
     return ", ".join(label for found in labels for label in found)
