@@ -319,6 +319,10 @@ ClipEnsemble = Literal["lse", "mean"]
 Rerank = Literal["sigmoid_plus_cosine", "itm_logit"]
 
 
+# R@k of every retrieval evaluation, and the ks whose mean is its mean recall.
+RECALL_KS = (1, 5, 10)
+
+
 @dataclass(frozen=True)
 class EvalConfig:
     """Evaluation settings and the ablation overrides (frame order, keep rate, ...)."""

@@ -39,6 +39,10 @@ class UnreadableFileError(UserError, ValueError):
     """A file exists but is not in the expected format (or is truncated)."""
 
 
+class DiskFullError(UserError, OSError):
+    """A result file could not be written for lack of space (or quota); nothing was replaced."""
+
+
 class Interrupted(BaseException):
     """SIGINT or SIGTERM ended a command; `message` says what was kept and how to resume.
 

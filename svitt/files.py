@@ -7,17 +7,22 @@ table that Snakemake would take for a finished one, and two writers never share 
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-from svitt.errors import UnreadableFileError
+from svitt.errors import DiskFullError, UnreadableFileError
 
 
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Call `write(file)` on a temporary file next to `path`, then rename it over `path`."""
+    """Call `write(file)` on a temporary file next to `path`, then rename it over `path`.
+
+    A full disk (or quota) is a DiskFullError naming `path`: the user can free space and
+    rerun, and the file `path` held before, if any, is left as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -27,8 +32,15 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            free = shutil.disk_usage(path.parent).free / 2**20
+            raise DiskFullError(
+                f"{path}: cannot write it: {os.strerror(err.errno)} ({free:.0f} MiB free there "
+                "now); the previous file, if any, is unchanged: free space and run the "
+                "command again"
+            ) from None
         raise
 
 

@@ -1,6 +1,8 @@
 """Checkpoints: atomic writes, weights_only loading, RNG round trip, finished-run detection."""
 
+import errno
 import json
+import os
 import random
 
 import numpy as np
@@ -17,6 +19,7 @@ from svitt.engine.checkpoint import (
     set_rng_state,
 )
 from svitt.engine.optim import build_scheduler, lr_factor, no_decay_names
+from svitt.errors import DiskFullError
 from svitt.files import atomic_write
 from svitt.models.checkpoints import load_checkpoint
 
@@ -60,6 +63,20 @@ def test_atomic_write_leaves_the_old_file_when_writing_fails(tmp_path):
         atomic_write(path, broken)
     assert json.loads(path.read_text()) == {"r1": 1.0}
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]  # no temporary left over
+
+
+def test_a_full_disk_is_one_clear_error_and_keeps_the_old_file(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    save_json(path, {"step": 1})
+
+    def full(handle):
+        handle.write(b"PK partial")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with pytest.raises(DiskFullError, match=f"^{path}: cannot write it: No space left on device"):
+        atomic_write(path, full)
+    assert json.loads(path.read_text()) == {"step": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
 
 
 def test_missing_or_foreign_checkpoint_is_a_clear_error(tmp_path):

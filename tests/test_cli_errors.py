@@ -9,6 +9,8 @@ traceback, and never torch's advice to load a user's file with `weights_only=Fal
 from __future__ import annotations
 
 import argparse
+import errno
+import os
 import pickle
 import subprocess
 import sys
@@ -27,7 +29,13 @@ from svitt.data.validate import BadDatasetError
 from svitt.data.video_files import VideoError
 from svitt.engine.stage import StageError
 from svitt.engine.tracking import TrackingError
-from svitt.errors import MissingFileError, OutputExistsError, UnreadableFileError, UserError
+from svitt.errors import (
+    DiskFullError,
+    MissingFileError,
+    OutputExistsError,
+    UnreadableFileError,
+    UserError,
+)
 from svitt.models.release import CheckpointFormatError
 from svitt.models.weights import WeightsError
 from svitt.plan.specs import SpecError
@@ -119,6 +127,18 @@ def test_a_pickle_that_is_no_checkpoint_never_shows_weights_only_advice(bench, t
     assert one_error_line(capsys, "pretrain").startswith(
         f"{foreign}: not a svitt checkpoint (or truncated)"
     )  # and one_error_line checks that "weights_only" appears nowhere
+
+
+def test_a_full_disk_while_saving_a_checkpoint_is_one_line(bench, tmp_path, capsys, monkeypatch):
+    def full(obj, handle, *args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(torch, "save", full)
+    out = tmp_path / "out"
+    assert stage(bench, "pretrain", out) == 2
+    message = one_error_line(capsys, "pretrain")
+    assert message.startswith(f"{out / 'last.pt'}: cannot write it: No space left on device")
+    assert not list(out.glob(".*.tmp"))
 
 
 def test_checkpoint_of_another_shape(bench, tmp_path, capsys):
@@ -319,6 +339,7 @@ USER_ERRORS = [
     OutputExistsError("out exists"),
     UnreadableFileError("x.pt: not a svitt checkpoint"),
     CheckpointFormatError("release.pth: unmapped keys ['x']"),
+    DiskFullError("out/checkpoint.pt: cannot write it: No space left on device"),
 ]
 
 

@@ -23,14 +23,11 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from svitt.config import ModelConfig, Rerank, RunConfig
+from svitt.config import RECALL_KS, ModelConfig, Rerank, RunConfig
 from svitt.engine import lifecycle
 from svitt.engine.pretrain import train_video_text
 from svitt.engine.stage import Results, Run, TrainSummary, autocast, downstream_stages, progress
 from svitt.models.clips import clip_similarity, ensemble_clip_scores, split_clips
-
-KS = (1, 5, 10)
-
 
 # --- metrics (pure) ---------------------------------------------------------------------------
 
@@ -49,7 +46,9 @@ def positive_ranks(scores: Tensor, positives: Sequence[Sequence[int] | frozenset
 
 
 def recall_metrics(
-    scores: Tensor, positives: Sequence[Sequence[int] | frozenset[int]], ks: Sequence[int] = KS
+    scores: Tensor,
+    positives: Sequence[Sequence[int] | frozenset[int]],
+    ks: Sequence[int] = RECALL_KS,
 ) -> dict[str, float]:
     """R@k in percent for each k, their mean ("mean_recall"), and the median rank (1-based)."""
     ranks = positive_ranks(scores, positives)

@@ -112,17 +112,15 @@ class VideoQA(nn.Module):
 
     def encode_question(self, video: Tensor, question_ids: Tensor, question_mask: Tensor) -> Tensor:
         """Question-video states [B, Lq, Dt] of the multimodal encoder."""
-        return self.encode(video, question_ids, question_mask)[0]
+        tokens, positions, _ = self.encoder.forward_video(video)
+        return self.fuse_question(tokens, positions, question_ids, question_mask)
 
-    def encode(
-        self, video: Tensor, question_ids: Tensor, question_mask: Tensor
-    ) -> tuple[Tensor, Tensor]:
-        """Question-video states [B, Lq, Dt] and the video feature [B, Dv] (what the
-        pre-training contrasts: `SViTT.video_feature`)."""
-        tokens, positions, out = self.encoder.forward_video(video)
+    def fuse_question(
+        self, tokens: Tensor, positions: Tensor, question_ids: Tensor, question_mask: Tensor
+    ) -> Tensor:
+        """Question-video states [B, Lq, Dt] from the visual tokens of `forward_video`."""
         hidden = self.encoder.text.forward_text(question_ids, question_mask)
-        states = self.encoder.fuse(tokens, hidden, question_mask, positions).hidden
-        return states, self.encoder.video_feature(tokens, out)
+        return self.encoder.fuse(tokens, hidden, question_mask, positions).hidden
 
     def decode(
         self, answer_ids: Tensor, answer_mask: Tensor, states: Tensor, states_mask: Tensor
@@ -155,7 +153,8 @@ class VideoQA(nn.Module):
         twin weight (`model.loss_weights.twin`) plus the twin loss on the video features of
         the batch's time-reversed twins (`data.reversal_negatives`)."""
         question_mask = batch["question_mask"]
-        states, feature = self.encode(batch["video"], batch["question_ids"], question_mask)
+        tokens, positions, out = self.encoder.forward_video(batch["video"])
+        states = self.fuse_question(tokens, positions, batch["question_ids"], question_mask)
         nll = self.answer_nll(batch["answer_ids"], batch["answer_mask"], states, question_mask)
         losses = {"qa": nll.sum() / batch["answer_mask"][:, 1:].sum().clamp(min=1)}
         losses["loss"] = losses["qa"]
@@ -163,8 +162,9 @@ class VideoQA(nn.Module):
         if weight:
             # Without it fine-tuning makes the encoder order-blind again (the twins' features
             # grow alike), as VTC alone does in pre-training. A twin shares its question, so
-            # only the video side: the same embedding stands in for the text one.
-            embed = F.normalize(feature, dim=-1)
+            # only the video side (what pre-training contrasts: `SViTT.video_feature`): the
+            # same embedding stands in for the text one.
+            embed = F.normalize(self.encoder.video_feature(tokens, out), dim=-1)
             rows = batch.get("twin_rows", torch.empty((0, 2), dtype=torch.long))
             losses["twin"] = twin_loss(embed, embed, rows, self.cfg.twin_margin)
             losses["loss"] = losses["qa"] + weight * losses["twin"]

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import re
-import statistics
 from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -44,7 +43,7 @@ from svitt.errors import UserError
 from svitt.files import atomic_write_text
 from svitt.plan.runs import RESULTS_TABLES, Profile, Run, figure_a1_runs, table_runs
 from svitt.plan.specs import SpecError, load_spec, read_tsv
-from svitt.report.intervals import Interval, paired_sum
+from svitt.report.intervals import Interval, paired_sum, seed_std
 from svitt.report.outcomes import METRICS, outcomes_path, read_outcomes
 from svitt.report.tables import add_profile_argument, load_profile
 
@@ -227,11 +226,9 @@ def check_claim(profile: Profile, claim: Claim, available: set[Run]) -> Verdict:
         for i, (sign, _) in enumerate(claim.terms)
     ]
     interval = paired_sum(pooled)
-    std = None
-    if len(by_seed) > 1:
-        std = statistics.stdev(
-            sum(sign * 100.0 * float(values.mean()) for sign, values in terms) for terms in by_seed
-        )
+    std = seed_std(
+        [sum(sign * 100.0 * float(values.mean()) for sign, values in terms) for terms in by_seed]
+    )
     return Verdict(claim, interval, verdict(interval, claim.relation), std=std)
 
 

@@ -14,6 +14,7 @@ two identical runs), and those are exactly the cases a reader checks first.
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -105,3 +106,9 @@ def recall_outcomes(ranks: Sequence[int] | np.ndarray, k: int) -> np.ndarray:
 def mean_recall_outcomes(ranks: Sequence[int] | np.ndarray, ks: Sequence[int]) -> np.ndarray:
     """Per-query mean of the hits at each k: its mean over queries is the mean recall."""
     return np.mean([recall_outcomes(ranks, k) for k in ks], axis=0)
+
+
+def seed_std(values: Sequence[float]) -> float | None:
+    """The sample standard deviation of a metric over seeds (next to the pooled interval);
+    None for one seed."""
+    return statistics.stdev(values) if len(values) > 1 else None

@@ -19,13 +19,13 @@ from pathlib import Path
 
 import numpy as np
 
+from svitt.config import RECALL_KS
 from svitt.errors import MissingFileError, UnreadableFileError
 from svitt.plan.runs import Profile, Run
 from svitt.plan.specs import SpecError
 from svitt.report.intervals import mean_recall_outcomes, recall_outcomes
 
-RECALL_KS = (1, 5, 10)
-RETRIEVAL_METRICS = {"r1": 1, "r5": 5, "r10": 10}  # metric -> k
+RETRIEVAL_METRICS = {f"r{k}": k for k in RECALL_KS}  # metric -> k
 METRICS = (*RETRIEVAL_METRICS, "mean_recall", "accuracy")
 _FIELDS = {"retrieval": ("query", "rank"), "qa": ("question_id", "correct")}
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import statistics
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ import pandas as pd
 import yaml
 from tabulate import tabulate
 
-from svitt.config import RunConfig, load_config
+from svitt.config import RECALL_KS, RunConfig, load_config
 from svitt.errors import MissingFileError
 from svitt.files import atomic_write_text
 from svitt.plan.runs import ALL_TABLES, Profile, Run, TableRow, Variant, table_rows
@@ -35,8 +34,8 @@ from svitt.report.baselines import (
     qa_reference,
     retrieval_reference,
 )
-from svitt.report.intervals import Interval, mean_interval, paired_difference
-from svitt.report.outcomes import RECALL_KS, outcomes_path, read_outcomes
+from svitt.report.intervals import Interval, mean_interval, paired_difference, seed_std
+from svitt.report.outcomes import outcomes_path, read_outcomes
 from svitt.report.settings import non_paper_settings
 from svitt.sparsity import count_edges
 
@@ -126,7 +125,7 @@ class Cell:
     @property
     def std(self) -> float | None:
         """The sample standard deviation over seeds; None for one seed."""
-        return statistics.stdev(self.values) if len(self.values) > 1 else None
+        return seed_std(self.values)
 
     @property
     def pooled(self) -> np.ndarray:
@@ -152,9 +151,8 @@ def cell(
 def difference_cells(column: str, first: Cell, second: Cell) -> dict[str, float]:
     """first - second per seed, with the paired interval over the pooled outcomes."""
     per_seed = [a - b for a, b in zip(first.values, second.values, strict=True)]
-    std = statistics.stdev(per_seed) if len(per_seed) > 1 else None
     interval = paired_difference(first.pooled, second.pooled)
-    return _with_interval(column, first.value - second.value, interval, std)
+    return _with_interval(column, first.value - second.value, interval, seed_std(per_seed))
 
 
 def _pretrain_label(profile: Profile) -> str:
